@@ -1,0 +1,21 @@
+# The README's two commands:  `make quickstart`  and  `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install quickstart test test-fast bench
+
+install:
+	scripts/install.sh $(VENV) dev
+
+quickstart: install
+	$(VENV)/bin/lamo-scale quickstart
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests

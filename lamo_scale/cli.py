@@ -1,0 +1,192 @@
+"""``lamo-scale``: collect data, train, evaluate, list datasets and recipes, run the quickstart.
+
+    lamo-scale quickstart                       # data → train → evaluate → results table
+    lamo-scale collect --recipe reacher2d-medium --steps 20000
+    lamo-scale datasets
+    lamo-scale train --config quickstart train.steps=200
+    lamo-scale evaluate --checkpoint runs/quickstart/<run>/ --episodes 20
+    lamo-scale recipes
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Optional
+
+log = logging.getLogger("lamo_scale")
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    """A plain fixed-width text table."""
+    def fmt(v):
+        return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def cmd_train(argv: list[str]) -> int:
+    """``lamo-scale train``: same flags as ``accelerate launch -m lamo_scale.train``."""
+    from lamo_scale.train import main
+
+    return main(argv, prog="lamo-scale train")
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    """``lamo-scale collect``: write a Minari dataset from a built-in collection recipe."""
+    from lamo_scale.data.collect import COLLECT_RECIPES, collect_recipe
+
+    if args.list or not args.recipe:
+        rows = [{"recipe": name, "dataset id": r.dataset_id, "env": r.env_id, "policy": r.policy,
+                 "steps": r.num_steps} for name, r in sorted(COLLECT_RECIPES.items())]
+        print(_table(rows, ["recipe", "dataset id", "env", "policy", "steps"]))
+        return 0 if args.list else 2
+    ds = collect_recipe(args.recipe, num_steps=args.steps, num_envs=args.num_envs, seed=args.seed,
+                        dataset_id=args.dataset_id, zoo_dir=args.zoo_dir, overwrite=args.overwrite)
+    print(f"wrote Minari dataset {ds.id}: {ds.total_episodes} episodes, {ds.total_steps} steps")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    """``lamo-scale datasets``: the local Minari datasets with their behaviour-data scores."""
+    from lamo_scale.data.collect import dataset_report
+    from lamo_scale.data.trajectories import dataset_store_root
+
+    rows = dataset_report(args.ids or None)
+    print(f"Minari store: {dataset_store_root()}")
+    if not rows:
+        print("no datasets yet: lamo-scale collect --list shows how to make some")
+        return 0
+    print(_table(rows, list(rows[0].keys())))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``lamo-scale evaluate``: roll a checkpoint out and log its scores to its MLflow run."""
+    from lamo_scale.rollout.evaluate import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.checkpoint, episodes=args.episodes, num_envs=args.num_envs,
+                                 target_returns=args.targets, seed=args.seed, device=args.device,
+                                 log_to_mlflow=not args.no_mlflow, bf16=args.bf16)
+    print(results_table(report))
+    return 0
+
+
+def results_table(report) -> str:
+    """The evaluation summary as a table: one row per target return."""
+    rows = [{"target": t, "normalized_score": s.get("normalized_score", float("nan")),
+             "return_mean": s["return_mean"], "return_std": s["return_std"],
+             "episode_length": s["episode_length"], "episodes": int(s["episodes"])}
+            for t, s in sorted(report.summaries.items())]
+    return f"checkpoint step {report.step}\n" + _table(
+        rows, ["target", "normalized_score", "return_mean", "return_std", "episode_length", "episodes"])
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    """``lamo-scale recipes``: the packaged training recipes and the first line of each."""
+    from lamo_scale.config import RECIPES_DIR
+
+    for path in sorted(RECIPES_DIR.glob("*.yaml")):
+        first = next((ln.strip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
+        print(f"{path.stem:<28} {first}")
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """``lamo-scale quickstart``: make data if missing, train the quickstart recipe, evaluate, report."""
+    from lamo_scale.config import load_config
+    from lamo_scale.data.collect import collect_recipe
+    from lamo_scale.data.trajectories import DatasetNotFoundError, open_dataset
+    from lamo_scale.rollout.evaluate import evaluate_checkpoint
+    from lamo_scale.tracking import run_url
+    from lamo_scale.train import setup_logging, train
+
+    setup_logging()
+    cfg = load_config(args.config, args.overrides)
+    try:
+        open_dataset(cfg.data.dataset)
+    except DatasetNotFoundError:
+        print(f"[1/3] collecting {cfg.data.dataset} with recipe {args.collect_recipe} ({args.collect_steps} steps)")
+        collect_recipe(args.collect_recipe, num_steps=args.collect_steps, dataset_id=cfg.data.dataset)
+    else:
+        print(f"[1/3] dataset {cfg.data.dataset} already in the Minari store")
+    print(f"[2/3] training recipe '{cfg.recipe}' for {cfg.train.steps} steps")
+    result = train(cfg)
+    print(f"[3/3] evaluating {result.checkpoint}")
+    report = evaluate_checkpoint(result.checkpoint)
+    print()
+    print(results_table(report))
+    print()
+    print(f"checkpoint: {result.checkpoint}")
+    if result.run_id:
+        print(f"MLflow: {run_url(cfg.tracking.uri, result.run_id)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lamo-scale`` command line."""
+    parser = argparse.ArgumentParser(prog="lamo-scale", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", add_help=False, help="train from a recipe (lamo-scale train --help lists every option)")
+
+    p = sub.add_parser("collect", help="write a Minari dataset by rolling out a behaviour policy")
+    p.add_argument("--recipe", help="collection recipe name (see --list)")
+    p.add_argument("--list", action="store_true", help="list the collection recipes")
+    p.add_argument("--steps", type=int, help="transition budget (whole episodes are kept)")
+    p.add_argument("--num-envs", type=int, default=8, help="parallel envs (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of envs and policy noise")
+    p.add_argument("--dataset-id", help="override the recipe's Minari dataset id")
+    p.add_argument("--zoo-dir", help="folder of Stable-Baselines3 zoo policies (default: $LAMO_SB3_ZOO)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with the same id")
+
+    p = sub.add_parser("datasets", help="list local Minari datasets with returns and normalised scores")
+    p.add_argument("ids", nargs="*", help="only these dataset ids")
+
+    p = sub.add_parser("evaluate", help="roll out a checkpoint and log scores to its MLflow run")
+    p.add_argument("--checkpoint", required=True, help="checkpoint dir, or run dir (its latest checkpoint)")
+    p.add_argument("--episodes", type=int, help="episodes per target return (default: the recipe's)")
+    p.add_argument("--num-envs", type=int, help="episodes run in parallel (default: the recipe's)")
+    p.add_argument("--targets", type=float, nargs="+", help="target returns (default: the recipe's)")
+    p.add_argument("--seed", type=int, help="seed of the evaluation episodes")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--bf16", action="store_true", help="act under bfloat16 autocast")
+    p.add_argument("--no-mlflow", action="store_true", help="print only; log nothing")
+
+    sub.add_parser("recipes", help="list the packaged training recipes")
+
+    p = sub.add_parser("quickstart", help="make a small real dataset, train, evaluate, print the results")
+    p.add_argument("--config", default="quickstart", help="training recipe (default: quickstart)")
+    p.add_argument("--collect-recipe", default="reacher2d-medium", help="collection recipe if data is missing")
+    p.add_argument("--collect-steps", type=int, default=20_000, help="transitions to collect if data is missing")
+    p.add_argument("overrides", nargs="*", help="dotted overrides for the training recipe")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of the ``lamo-scale`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        return cmd_train(argv[1:])
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers = {"collect": cmd_collect, "datasets": cmd_datasets, "evaluate": cmd_evaluate,
+                "recipes": cmd_recipes, "quickstart": cmd_quickstart}
+    from lamo_scale.config import ConfigError
+    from lamo_scale.data.trajectories import DatasetNotFoundError
+
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, DatasetNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

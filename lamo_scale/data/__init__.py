@@ -1,0 +1,1 @@
+"""Data: Minari trajectories, segment and text streams, dataset collection."""

@@ -1,0 +1,79 @@
+"""Load the causal-LM backbone: a hub id, a local directory, or a built-in tiny config.
+
+``model.pretrained=false`` builds the same architecture from its config with random
+weights (the paper's random-initialisation ablation).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config,
+                          GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel)
+
+from lamo_scale.config import ModelConfig
+from lamo_scale.model.tokenizer import ByteTokenizer
+
+log = logging.getLogger(__name__)
+
+TINY_BACKBONES = ("tiny-gpt2", "tiny-llama")
+"""Built-in random-init backbones for tests and smoke runs (byte-level vocabulary)."""
+
+
+class BackboneError(ValueError):
+    """A backbone that cannot be loaded, with what to do about it."""
+
+
+def _tiny_backbone(cfg: ModelConfig) -> PreTrainedModel:
+    common = dict(vocab_size=ByteTokenizer.vocab_size, bos_token_id=ByteTokenizer.eos_token_id,
+                  eos_token_id=ByteTokenizer.eos_token_id)
+    if cfg.backbone == "tiny-gpt2":
+        config = GPT2Config(n_layer=cfg.tiny_layers, n_embd=cfg.tiny_width, n_head=cfg.tiny_heads,
+                            n_positions=2048, **common)
+        model_cls = GPT2LMHeadModel
+    else:
+        config = LlamaConfig(hidden_size=cfg.tiny_width, intermediate_size=4 * cfg.tiny_width,
+                             num_hidden_layers=cfg.tiny_layers, num_attention_heads=cfg.tiny_heads,
+                             num_key_value_heads=cfg.tiny_heads, max_position_embeddings=2048,
+                             tie_word_embeddings=True, **common)
+        model_cls = LlamaForCausalLM
+    if cfg.attn_implementation:
+        config._attn_implementation = cfg.attn_implementation
+    return model_cls(config)
+
+
+def _load_error(name: str, err: Exception) -> BackboneError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    return BackboneError(
+        f"cannot load backbone '{name}': {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}\n"
+        f"model.backbone takes a Hugging Face hub id (gpt2, gpt2-xl, meta-llama/Llama-3.2-1B, ...), "
+        f"a local directory holding config.json + weights, or a built-in name: {', '.join(TINY_BACKBONES)}."
+        + ("\nHF_HUB_OFFLINE is set: hub ids resolve only from the local cache." if offline else ""))
+
+
+def load_backbone(cfg: ModelConfig, seed: int = 0):
+    """Return ``(causal_lm, tokenizer)`` for ``cfg.backbone`` (weights random if not pretrained)."""
+    torch.manual_seed(seed)
+    if cfg.backbone in TINY_BACKBONES:
+        if cfg.pretrained:
+            raise BackboneError(f"'{cfg.backbone}' is a built-in random-init backbone with no pre-trained "
+                                "weights: set model.pretrained=false, or name a real backbone")
+        return _tiny_backbone(cfg), ByteTokenizer()
+    name = cfg.backbone
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
+        raise BackboneError(f"backbone directory '{name}' does not exist")
+    kwargs = {}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    try:
+        if cfg.pretrained:
+            lm = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs)
+        else:
+            config = AutoConfig.from_pretrained(name, **kwargs)
+            lm = AutoModelForCausalLM.from_config(config)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise _load_error(name, err) from err
+    return lm, tokenizer

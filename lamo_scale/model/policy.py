@@ -1,0 +1,171 @@
+"""The LaMo policy (Shi et al., 2023): a causal-LM backbone fed (R, s, a) token embeddings.
+
+Tokens are interleaved per timestep as (return-to-go, state, action), each embedding plus
+a learned timestep embedding, layer-normed, and passed to the backbone's transformer via
+``inputs_embeds``. The action at step t is predicted from the hidden state at the state
+token of step t (it has seen R_≤t, s_≤t, a_<t). The LM head stays for the language loss.
+The Decision Transformer baseline is the same class with ``embedding=linear``,
+``action_head=linear``, ``finetune=full``, ``pretrained=false`` and no language loss.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from lamo_scale.config import ModelConfig
+from lamo_scale.model.adapters import apply_finetune_mode
+from lamo_scale.model.backbone import load_backbone
+
+log = logging.getLogger(__name__)
+
+
+class MLPEmbedding(nn.Module):
+    """LaMo's embedding: ``h = W1 x; out = h + W2 GELU(h)`` (Linear→GELU→Linear with a skip)."""
+
+    def __init__(self, in_dim: int, hidden: int):
+        """Map ``in_dim`` features to the backbone width ``hidden``."""
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Embed ``x [..., in_dim]``."""
+        h = self.fc1(x)
+        return h + self.fc2(nn.functional.gelu(h))
+
+
+def make_embedding(kind: str, in_dim: int, hidden: int) -> nn.Module:
+    """An MLP (LaMo) or linear (DT) embedding."""
+    return MLPEmbedding(in_dim, hidden) if kind == "mlp" else nn.Linear(in_dim, hidden)
+
+
+def make_action_head(kind: str, hidden: int, act_dim: int, bounded: bool) -> nn.Module:
+    """An MLP (LaMo) or linear (DT) action head, tanh-squashed when actions are bounded."""
+    layers: list[nn.Module] = ([nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, act_dim)]
+                               if kind == "mlp" else [nn.Linear(hidden, act_dim)])
+    if bounded:
+        layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+class LaMoPolicy(nn.Module):
+    """Backbone + RL embeddings + action head; one object for training and rollout."""
+
+    def __init__(self, lm: nn.Module, state_dim: int, act_dim: int, cfg: ModelConfig,
+                 action_low: np.ndarray | None = None, action_high: np.ndarray | None = None):
+        """Wrap an (already frozen/LoRA-wrapped) causal LM for ``state_dim`` → ``act_dim`` control."""
+        super().__init__()
+        self.cfg = cfg
+        self.state_dim, self.act_dim = state_dim, act_dim
+        self.lm = lm
+        hidden = self.causal_lm.config.hidden_size
+        self.hidden_size = hidden
+        self.embed_return = make_embedding(cfg.embedding, 1, hidden)
+        self.embed_state = make_embedding(cfg.embedding, state_dim, hidden)
+        self.embed_action = make_embedding(cfg.embedding, act_dim, hidden)
+        self.embed_timestep = nn.Embedding(cfg.max_timestep, hidden)
+        self.embed_ln = nn.LayerNorm(hidden)
+        bounded = action_low is not None and bool(np.all(np.isfinite(action_low)) and np.all(np.isfinite(action_high)))
+        self.action_head = make_action_head(cfg.action_head, hidden, act_dim, bounded)
+        low = np.zeros(act_dim, np.float32) if not bounded else np.asarray(action_low, np.float32)
+        high = np.ones(act_dim, np.float32) if not bounded else np.asarray(action_high, np.float32)
+        # tanh output in [-1, 1] is mapped affinely onto [low, high].
+        self.register_buffer("action_center", torch.from_numpy((high + low) / 2), persistent=False)
+        self.register_buffer("action_halfwidth", torch.from_numpy((high - low) / 2), persistent=False)
+        self.bounded = bounded
+
+    @property
+    def causal_lm(self) -> nn.Module:
+        """The ``*ForCausalLM`` module (inside the peft wrapper when LoRA is on)."""
+        return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+
+    @property
+    def transformer(self) -> nn.Module:
+        """The backbone's transformer stack without the LM head (GPT2Model, LlamaModel, ...)."""
+        return self.causal_lm.base_model
+
+    def predict_actions(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
+                        timesteps: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Predicted actions ``[B, K, act_dim]`` for segments ``[B, K, ...]`` (see module doc)."""
+        batch, k = states.shape[:2]
+        time = self.embed_timestep(timesteps.clamp(0, self.cfg.max_timestep - 1))
+        tokens = torch.stack([self.embed_return(returns_to_go) + time,
+                              self.embed_state(states) + time,
+                              self.embed_action(actions) + time], dim=2)
+        tokens = self.embed_ln(tokens.reshape(batch, 3 * k, self.hidden_size))
+        mask = attention_mask.repeat_interleave(3, dim=1)
+        hidden = self.transformer(inputs_embeds=tokens.to(self.backbone_dtype), attention_mask=mask,
+                                  use_cache=False).last_hidden_state
+        state_hidden = hidden.reshape(batch, k, 3, self.hidden_size)[:, :, 1]
+        out = self.action_head(state_hidden.to(self.embed_ln.weight.dtype))
+        if self.bounded:
+            out = self.action_center + self.action_halfwidth * out
+        return out
+
+    @property
+    def backbone_dtype(self) -> torch.dtype:
+        """Dtype the backbone computes in (its input embeddings must match it)."""
+        return self.causal_lm.get_input_embeddings().weight.dtype
+
+    def forward(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
+                timesteps: torch.Tensor, attention_mask: torch.Tensor, text_ids: torch.Tensor | None = None,
+                language_weight: float = 0.0) -> dict[str, torch.Tensor]:
+        """The training objective in ONE forward call: action MSE + ``language_weight`` × LM loss.
+
+        One call per backward keeps DDP/ZeRO/FSDP hooks happy (two forwards then one backward
+        is a known ZeRO-3 failure mode). ``text_ids=None`` runs no LM forward at all.
+        """
+        pred = self.predict_actions(states, actions, returns_to_go, timesteps, attention_mask)
+        mask = attention_mask.unsqueeze(-1).to(pred.dtype)
+        err = ((pred.float() - actions.float()) ** 2) * mask
+        action_loss = err.sum() / (mask.sum() * self.act_dim).clamp_min(1.0)
+        out = {"action_loss": action_loss, "loss": action_loss}
+        if text_ids is not None and language_weight > 0:
+            language_loss = self.causal_lm(input_ids=text_ids, labels=text_ids, use_cache=False).loss.float()
+            out["language_loss"] = language_loss
+            out["loss"] = action_loss + language_weight * language_loss
+        return out
+
+    @torch.no_grad()
+    def act(self, states, actions, returns_to_go, timesteps, attention_mask) -> torch.Tensor:
+        """Actions for the last step of each window ``[B, act_dim]`` (rollout entry point)."""
+        return self.predict_actions(states, actions, returns_to_go, timesteps, attention_mask)[:, -1].float()
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights a checkpoint must hold: every parameter that trains (adapters, embeddings, heads)."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def frozen_fingerprint(self) -> str:
+        """A hash of the frozen backbone weights: a checkpoint is only valid on the same frozen base."""
+        digest = hashlib.sha256()
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                digest.update(name.encode())
+                digest.update(np.float64(p.detach().double().abs().sum().item()).tobytes())
+        return digest.hexdigest()[:16]
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts."""
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return trainable, total
+
+
+def build_policy(cfg: ModelConfig, state_dim: int, act_dim: int, action_low=None, action_high=None,
+                 seed: int = 0):
+    """Load the backbone, apply the fine-tuning mode, add embeddings/heads; returns ``(policy, tokenizer)``."""
+    lm, tokenizer = load_backbone(cfg, seed=seed)
+    if cfg.gradient_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lm = apply_finetune_mode(lm, cfg)
+    torch.manual_seed(seed + 1)
+    policy = LaMoPolicy(lm, state_dim, act_dim, cfg, action_low, action_high)
+    trainable, total = policy.parameter_counts()
+    log.info("policy: backbone %s (%s, %s), trainable %s of %s parameters (%.2f%%)", cfg.backbone,
+             "pre-trained" if cfg.pretrained else "random init", cfg.finetune, f"{trainable:,}",
+             f"{total:,}", 100.0 * trainable / total)
+    return policy, tokenizer

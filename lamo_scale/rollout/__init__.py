@@ -1,0 +1,1 @@
+"""Rollouts: batched acting over vector envs, checkpoint evaluation, rollout workers."""

@@ -1,0 +1,157 @@
+"""Batched acting: every (target return, episode) job of a wave advances in ONE forward pass.
+
+Jobs are assigned to envs up front: a wave of ``num_envs`` episodes starts together, each
+env runs exactly one episode of the wave (seeded ``seed + episode``), and an env whose
+episode ended is masked out, so short episodes are never over-counted. Episode ``j`` gets
+the same seed under every target return, so targets are compared on the same starts.
+The context window is built with the same :func:`window_offsets` as training segments.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lamo_scale.data.segments import window_offsets
+from lamo_scale.data.trajectories import StateStats
+from lamo_scale.envs import make_env
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpisodeStats:
+    """Returns and lengths of the episodes run for one target return."""
+
+    target_return: float
+    returns: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+
+    def summary(self, ref_min: Optional[float], ref_max: Optional[float]) -> dict[str, float]:
+        """Mean/std return and length, and the normalised score where reference scores exist."""
+        r = np.asarray(self.returns, np.float64)
+        out = {"return_mean": float(r.mean()), "return_std": float(r.std()),
+               "episode_length": float(np.mean(self.lengths)), "episodes": float(len(r))}
+        if ref_min is not None and ref_max is not None:
+            norm = 100.0 * (r - ref_min) / (ref_max - ref_min)
+            out["normalized_score"] = float(norm.mean())
+            out["normalized_score_std"] = float(norm.std())
+        return out
+
+
+@dataclass
+class ActingSpec:
+    """What acting needs besides the policy: env, stats, scales, context length."""
+
+    env: str | gym.envs.registration.EnvSpec
+    state_stats: StateStats
+    rtg_scale: float
+    context_len: int
+    max_episode_steps: Optional[int] = None
+
+
+def make_eval_env(env: str | gym.envs.registration.EnvSpec, max_episode_steps: Optional[int] = None) -> gym.Env:
+    """One evaluation env (dict observations flattened as in the dataset)."""
+    kwargs = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
+    e = make_env(env, **kwargs)
+    if isinstance(e.observation_space, gym.spaces.Dict):
+        e = gym.wrappers.FlattenObservation(e)
+    return e
+
+
+def _horizon(envs: gym.vector.VectorEnv, spec: ActingSpec) -> int:
+    limit = spec.max_episode_steps or envs.envs[0].spec.max_episode_steps
+    if not limit:
+        raise ValueError("the env has no time limit; set eval.max_episode_steps")
+    return int(limit)
+
+
+def run_episodes(act: Callable[..., torch.Tensor], spec: ActingSpec, target_returns: list[float], episodes: int,
+                 num_envs: int, seed: int, device: str | torch.device = "cpu", progress: bool = True,
+                 autocast_dtype: Optional[torch.dtype] = None) -> dict[float, EpisodeStats]:
+    """Run ``episodes`` episodes per target with ``num_envs`` in parallel; returns stats per target."""
+    jobs = [(target, ep) for target in target_returns for ep in range(episodes)]
+    results = {t: EpisodeStats(t) for t in target_returns}
+    n_envs = min(num_envs, len(jobs))
+    envs = gym.vector.SyncVectorEnv([lambda: make_eval_env(spec.env, spec.max_episode_steps) for _ in range(n_envs)])
+    try:
+        horizon = _horizon(envs, spec)
+        bar = tqdm(total=len(jobs), desc="rollout", unit="episode", disable=not progress, dynamic_ncols=True)
+        for start in range(0, len(jobs), n_envs):
+            wave = jobs[start:start + n_envs]
+            for (target, _), ret, length in zip(wave, *_run_wave(act, envs, spec, wave, horizon, seed, device,
+                                                                autocast_dtype)):
+                results[target].returns.append(ret)
+                results[target].lengths.append(length)
+            bar.update(len(wave))
+        bar.close()
+    finally:
+        envs.close()
+    return results
+
+
+def _run_wave(act, envs, spec: ActingSpec, wave, horizon: int, seed: int, device, autocast_dtype):
+    n_active, n = len(wave), envs.num_envs
+    k = spec.context_len
+    state_dim = int(np.prod(envs.single_observation_space.shape))
+    act_dim = int(np.prod(envs.single_action_space.shape))
+    seeds = [seed + ep for _, ep in wave] + [seed + 10_000_000 + i for i in range(n - n_active)]
+    obs, _ = envs.reset(seed=seeds)
+    states = np.zeros((n, horizon + 1, state_dim), np.float32)
+    actions = np.zeros((n, horizon + 1, act_dim), np.float32)
+    rtg = np.zeros((n, horizon + 1), np.float32)
+    states[:, 0] = spec.state_stats.normalize(obs.reshape(n, -1))
+    targets = np.array([t for t, _ in wave] + [0.0] * (n - n_active), np.float32)
+    rtg[:, 0] = targets / spec.rtg_scale
+    returns = np.zeros(n, np.float64)
+    lengths = np.zeros(n, np.int64)
+    alive = np.arange(n) < n_active
+    low, high = envs.single_action_space.low, envs.single_action_space.high
+    for t in range(horizon):
+        offsets, valid = window_offsets(np.full(n, t), k)
+        idx = np.clip(t + offsets, 0, None)
+        mask = valid.astype(np.int64)
+        fmask = valid[..., None].astype(np.float32)
+        batch = {
+            "states": torch.from_numpy(states[:, idx] * fmask),
+            "actions": torch.from_numpy(actions[:, idx] * fmask),
+            "returns_to_go": torch.from_numpy((rtg[:, idx] * valid)[..., None].astype(np.float32)),
+            "timesteps": torch.from_numpy(np.broadcast_to(idx * mask, (n, k)).copy()),
+            "attention_mask": torch.from_numpy(mask),
+        }
+        batch = {key: v.to(device) for key, v in batch.items()}
+        with torch.inference_mode(), torch.autocast(device_type=torch.device(device).type,
+                                                    dtype=autocast_dtype or torch.bfloat16,
+                                                    enabled=autocast_dtype is not None):
+            action = act(**batch).float().cpu().numpy()
+        action = np.clip(action, low, high)
+        actions[:, t] = action
+        obs, reward, terminated, truncated, _ = envs.step(action)
+        reward = np.where(alive, reward, 0.0)
+        returns += reward
+        lengths += alive
+        done = terminated | truncated
+        states[:, t + 1] = spec.state_stats.normalize(obs.reshape(n, -1))
+        rtg[:, t + 1] = rtg[:, t] - reward / spec.rtg_scale
+        alive &= ~done
+        if not alive.any():
+            break
+    return returns[:n_active].tolist(), lengths[:n_active].tolist()
+
+
+def env_steps_per_second(results: dict[float, EpisodeStats], seconds: float) -> float:
+    """Environment steps per wall-clock second over all episodes in ``results``."""
+    return sum(sum(r.lengths) for r in results.values()) / max(seconds, 1e-9)
+
+
+def timed_run(*args, **kwargs) -> tuple[dict[float, EpisodeStats], float]:
+    """:func:`run_episodes` plus its wall-clock seconds."""
+    start = time.perf_counter()
+    out = run_episodes(*args, **kwargs)
+    return out, time.perf_counter() - start

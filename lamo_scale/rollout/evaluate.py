@@ -1,0 +1,102 @@
+"""Evaluate a checkpoint in its environment and log the scores to its MLflow run.
+
+Metrics go to the training run at the checkpoint's step:
+``eval/<target>/return_mean``, ``.../return_std``, ``.../normalized_score``,
+``.../episode_length``, ``.../wall_time_s`` (target written as an integer when whole).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from lamo_scale import checkpoint as ckpt
+from lamo_scale.config import from_dict
+from lamo_scale.data.trajectories import StateStats
+from lamo_scale.model import build_policy
+from lamo_scale.rollout.acting import ActingSpec, env_steps_per_second, timed_run
+from lamo_scale.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def target_key(target: float) -> str:
+    """Metric-name form of a target return (``3600`` not ``3600.0``)."""
+    return str(int(target)) if float(target).is_integer() else f"{target:g}"
+
+
+def load_policy(checkpoint: ckpt.Checkpoint, device: str = "cpu"):
+    """Rebuild the policy a checkpoint was trained with and load its weights (verified)."""
+    from lamo_scale.train import load_trainable
+
+    meta = checkpoint.meta
+    cfg = from_dict(meta["config"])
+    policy, _ = build_policy(cfg.model, meta["state_dim"], meta["act_dim"],
+                             np.asarray(meta["action_low"]),
+                             np.asarray(meta["action_high"]), seed=cfg.train.seed)
+    if policy.frozen_fingerprint() != meta["frozen_fingerprint"]:
+        raise ckpt.CheckpointError(f"{checkpoint.path}: the backbone loaded now differs from the one it was "
+                                   "trained on (frozen-weight fingerprint mismatch)")
+    load_trainable(policy, checkpoint.weights(), checkpoint.path)
+    return policy.to(device).eval(), cfg
+
+
+def acting_spec(meta: dict, max_episode_steps: Optional[int] = None) -> ActingSpec:
+    """The env, state statistics and scales a checkpoint acts with."""
+    env = gym.envs.registration.EnvSpec.from_json(meta["env_spec"]) if meta.get("env_spec") else meta["env_id"]
+    if env is None:
+        raise ValueError("checkpoint names no environment; set eval.env_id when training")
+    return ActingSpec(env=env, state_stats=StateStats.from_dict(meta["state_stats"]), rtg_scale=meta["rtg_scale"],
+                      context_len=meta["context_len"], max_episode_steps=max_episode_steps)
+
+
+@dataclass
+class EvalReport:
+    """Per-target summaries of one checkpoint's evaluation."""
+
+    step: int
+    summaries: dict[float, dict[str, float]]
+
+    def best_normalized(self) -> Optional[float]:
+        """The paper's rule: the score at the best target return."""
+        scores = [s["normalized_score"] for s in self.summaries.values() if "normalized_score" in s]
+        return max(scores) if scores else None
+
+
+def evaluate_checkpoint(ref: str | Path | ckpt.Checkpoint, episodes: Optional[int] = None,
+                        num_envs: Optional[int] = None, target_returns: Optional[list[float]] = None,
+                        seed: Optional[int] = None, device: str = "cpu", log_to_mlflow: bool = True,
+                        tracking_uri: Optional[str] = None, progress: bool = True,
+                        bf16: bool = False) -> EvalReport:
+    """Roll a checkpoint out (defaults from its config's ``eval`` section) and log to its run."""
+    checkpoint = ref if isinstance(ref, ckpt.Checkpoint) else ckpt.resolve_checkpoint(ref)
+    policy, cfg = load_policy(checkpoint, device)
+    meta = checkpoint.meta
+    targets = target_returns or meta.get("target_returns") or cfg.eval.target_returns
+    spec = acting_spec(meta, cfg.eval.max_episode_steps)
+    results, seconds = timed_run(policy.act, spec, targets, episodes or cfg.eval.episodes,
+                                 num_envs or cfg.eval.num_envs, cfg.eval.seed if seed is None else seed,
+                                 device=device, progress=progress,
+                                 autocast_dtype=torch.bfloat16 if bf16 else None)
+    summaries = {t: dict(r.summary(meta.get("ref_min_score"), meta.get("ref_max_score")), wall_time_s=seconds)
+                 for t, r in results.items()}
+    report = EvalReport(step=checkpoint.step, summaries=summaries)
+    log.info("evaluated %s: %.1f env-steps/s", checkpoint.path, env_steps_per_second(results, seconds))
+    run_id = meta.get("mlflow_run_id")
+    if log_to_mlflow and run_id:
+        tracker = Tracker(tracking_uri or meta["tracking_uri"], meta.get("experiment", "default"))
+        tracker.run_id = run_id
+        metrics = {f"eval/{target_key(t)}/{name}": v for t, s in summaries.items() for name, v in s.items()
+                   if name != "episodes"}
+        best = report.best_normalized()
+        if best is not None:
+            metrics["eval/best_normalized_score"] = best
+        tracker.log_metrics(metrics, step=checkpoint.step)
+        if not tracker.flush():
+            log.warning("evaluation metrics for %s could not be sent to MLflow", checkpoint.path)
+    return report

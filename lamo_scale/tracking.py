@@ -1,0 +1,136 @@
+"""MLflow tracking: one experiment per recipe, one run per training job.
+
+Only the main process logs. Metric writes go through a bounded buffer: if the tracking
+server is unreachable the points are kept (up to ``max_buffered``) and retried at the next
+log call, with one warning, so a server outage never stops training.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def _mlflow():
+    import mlflow
+
+    return mlflow
+
+
+class Tracker:
+    """A thin, failure-tolerant handle on one MLflow run (a no-op when disabled)."""
+
+    def __init__(self, uri: str, experiment: str, enabled: bool = True, max_buffered: int = 100_000):
+        """Track to ``uri`` under ``experiment``; nothing is logged when ``enabled`` is false."""
+        self.uri, self.experiment, self.enabled = uri, experiment, enabled
+        self.run_id: Optional[str] = None
+        self._pending: collections.deque = collections.deque(maxlen=max_buffered)
+        self._warned = False
+        self._client = None
+
+    @property
+    def client(self):
+        """The MlflowClient bound to this tracking URI."""
+        if self._client is None:
+            self._client = _mlflow().MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def start(self, run_name: str, run_id: Optional[str] = None, tags: Optional[dict] = None) -> Optional[str]:
+        """Create the run (or reattach to ``run_id`` on resume) and return its id."""
+        if not self.enabled:
+            return None
+        client = self.client
+        if run_id is not None:
+            self.run_id = run_id
+            client.update_run(run_id, status="RUNNING")
+            return run_id
+        exp = client.get_experiment_by_name(self.experiment)
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(self.experiment)
+        run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log flat params (values stringified, long ones cut to MLflow's limit)."""
+        if not self.enabled:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Store ``text`` as a run artifact."""
+        if self.enabled:
+            self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Queue metric points at ``step`` and try to flush the queue."""
+        if not self.enabled:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        self.flush()
+
+    def flush(self) -> bool:
+        """Send buffered metric points; False (and points kept) if the server is unreachable."""
+        if not self.enabled or not self._pending:
+            return True
+        try:
+            while self._pending:
+                batch = [self._pending[i] for i in range(min(len(self._pending), 1000))]
+                self.client.log_batch(self.run_id, metrics=batch)
+                for _ in batch:
+                    self._pending.popleft()
+        except Exception as err:  # any transport error: keep the points, warn once
+            if not self._warned:
+                log.warning("MLflow unreachable (%s); buffering %d metric points and retrying",
+                            type(err).__name__, len(self._pending))
+                self._warned = True
+            return False
+        self._warned = False
+        return True
+
+    def log_artifacts(self, local_dir: Path, artifact_path: str) -> None:
+        """Upload a directory as run artifacts (failures are logged, not raised)."""
+        if not self.enabled:
+            return
+        try:
+            self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+        except Exception as err:
+            log.warning("could not upload %s to MLflow: %s", local_dir, err)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Set run tags."""
+        if self.enabled:
+            for k, v in tags.items():
+                self.client.set_tag(self.run_id, k, str(v))
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Flush and mark the run ``FINISHED`` / ``FAILED`` / ``KILLED``."""
+        if not self.enabled or self.run_id is None:
+            return
+        self.flush()
+        try:
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception as err:
+            log.warning("could not close MLflow run %s: %s", self.run_id, err)
+
+
+def run_url(uri: str, run_id: str) -> str:
+    """Where a person finds the run: the UI address for servers, the command for local stores."""
+    if uri.startswith("http"):
+        client = _mlflow().MlflowClient(tracking_uri=uri)
+        exp_id = client.get_run(run_id).info.experiment_id
+        return f"{uri.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}"
+    return f"run {run_id} in {uri}  (browse: mlflow ui --backend-store-uri {uri})"

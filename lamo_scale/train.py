@@ -1,0 +1,345 @@
+"""Train a LaMo policy: the one training loop, for one process or many.
+
+    lamo-scale train --config lamo_scale/recipes/quickstart.yaml train.steps=200
+    accelerate launch -m lamo_scale.train --config lamo_scale/recipes/quickstart.yaml model.lora.rank=8
+
+Each step draws a micro-batch of trajectory segments (and, when ``loss.language_weight``
+> 0, a micro-batch of text blocks) per rank, computes action MSE + λ·LM loss in one forward
+call, and steps AdamW with linear warm-up and gradient clipping. Checkpoints (adapters,
+embeddings, heads, optimizer, RNG, stream positions) are written atomically and logged to
+the MLflow run; ``train.resume`` continues exactly where a checkpoint left off. The loop
+never steps an environment: evaluation is ``lamo-scale evaluate`` / rollout workers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from lamo_scale import checkpoint as ckpt
+from lamo_scale.config import Config, ConfigError, dump_yaml, flatten, load_config, to_dict
+from lamo_scale.data.segments import SegmentStream
+from lamo_scale.data.text import TextBlockStream, corpus_fingerprint
+from lamo_scale.data.trajectories import TrajectoryIndex, load_trajectories, open_dataset
+from lamo_scale.envs.scores import reference_scores
+from lamo_scale.model import build_policy
+from lamo_scale.tracking import Tracker, run_url
+
+log = logging.getLogger("lamo_scale.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished training job leaves behind."""
+
+    run_dir: Path
+    checkpoint: Optional[Path]
+    run_id: Optional[str]
+    losses: list[float] = field(default_factory=list)
+    steps_done: int = 0
+
+
+def resolve_names(cfg: Config) -> tuple[str, str, Path]:
+    """Experiment name, run name and run directory of a config."""
+    experiment = cfg.tracking.experiment.format(recipe=cfg.recipe)
+    run_name = cfg.tracking.run_name or f"{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.train.output_dir.format(experiment=experiment, run_name=run_name, recipe=cfg.recipe))
+    return experiment, run_name, run_dir
+
+
+def make_accelerator(cfg: Config):
+    """An Accelerator whose data stays sharded per rank (we shard the streams ourselves)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    return Accelerator(mixed_precision=cfg.train.mixed_precision,
+                       dataloader_config=DataLoaderConfiguration(dispatch_batches=False, split_batches=False))
+
+
+def dataset_meta(dataset, index: TrajectoryIndex, cfg: Config) -> dict:
+    """What a checkpoint needs to act in the dataset's env: ids, spaces, reference scores, stats."""
+    spec = dataset.env_spec
+    env_id = cfg.eval.env_id or (spec.id if spec is not None else None)
+    md = dataset.storage.metadata
+    ref = (md.get("ref_min_score"), md.get("ref_max_score"))
+    if ref[0] is None or ref[1] is None:
+        ref = reference_scores(env_id) if env_id else None
+    return {
+        "dataset_id": index.dataset_id,
+        "env_id": env_id,
+        "env_spec": spec.to_json() if spec is not None and cfg.eval.env_id is None else None,
+        "state_dim": index.state_dim,
+        "act_dim": index.act_dim,
+        "action_low": index.action_low.tolist(),
+        "action_high": index.action_high.tolist(),
+        "state_stats": index.state_stats.to_dict(),
+        "ref_min_score": None if ref is None else float(ref[0]),
+        "ref_max_score": None if ref is None else float(ref[1]),
+        "target_returns": list(cfg.eval.target_returns),
+        "rtg_scale": cfg.data.rtg_scale,
+        "context_len": cfg.data.context_len,
+    }
+
+
+def find_resume(cfg: Config, run_dir: Path) -> Optional[ckpt.Checkpoint]:
+    """The checkpoint ``train.resume`` points at (``auto``: the run dir's latest, if any)."""
+    if cfg.train.resume is None:
+        return None
+    if cfg.train.resume == "auto":
+        return ckpt.latest_checkpoint(run_dir / "checkpoints")
+    return ckpt.resolve_checkpoint(cfg.train.resume)
+
+
+def check_compatible(resume: ckpt.Checkpoint, meta: dict) -> None:
+    """Refuse a checkpoint whose data shapes differ from the dataset being trained on."""
+    for key in ("state_dim", "act_dim"):
+        if resume.meta.get(key) != meta[key]:
+            raise ckpt.CheckpointError(
+                f"checkpoint {resume.path} has {key}={resume.meta.get(key)} but dataset "
+                f"{meta['dataset_id']} has {key}={meta[key]}: refusing to resume on different data")
+
+
+def _to_device(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+class _Loaders:
+    """Per-rank iterators over the segment stream and (optionally) the text stream."""
+
+    def __init__(self, cfg: Config, index: TrajectoryIndex, tokenizer, rank: int, world: int, start_micro: int):
+        from torch.utils.data import DataLoader
+
+        self.micro_batch = cfg.train.batch_size // (world * cfg.train.grad_accum)
+        segs = SegmentStream(index, cfg.data.context_len, self.micro_batch, cfg.train.seed, rank, world, start_micro)
+        workers = cfg.data.num_workers
+        self.rl: Iterator = iter(DataLoader(segs, batch_size=None, num_workers=workers,
+                                            persistent_workers=workers > 0))
+        self.text: Optional[Iterator] = None
+        self.text_micro_batch = 0
+        if cfg.loss.language_weight > 0:
+            self.text_micro_batch = max(1, cfg.text.batch_size // (world * cfg.train.grad_accum))
+            text = TextBlockStream(cfg.text.source, tokenizer, cfg.text.block_size, self.text_micro_batch, rank,
+                                   world, start_micro, cfg.text.split, cfg.text.text_field)
+            self.text = iter(DataLoader(text, batch_size=None, num_workers=0))
+
+
+def train(cfg: Config) -> TrainResult:
+    """Run one training job as configured; returns where its checkpoints and run are."""
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    accelerator = make_accelerator(cfg)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if cfg.train.batch_size % (world * cfg.train.grad_accum):
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must divide evenly over {world} processes "
+                          f"x {cfg.train.grad_accum} accumulation steps")
+    experiment, run_name, run_dir = resolve_names(cfg)
+    dataset = open_dataset(cfg.data.dataset, cfg.data.download)
+    index = load_trajectories(dataset, cfg.data.rtg_scale, cfg.data.data_ratio, cfg.train.seed,
+                              cfg.data.normalize_states)
+    meta = dataset_meta(dataset, index, cfg)
+    resume = find_resume(cfg, run_dir)
+    if resume is not None:
+        check_compatible(resume, meta)
+        run_dir = resume.path.parent.parent
+    policy, tokenizer = build_policy(cfg.model, index.state_dim, index.act_dim, index.action_low,
+                                     index.action_high, seed=cfg.train.seed)
+    fingerprint = policy.frozen_fingerprint()
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    warmup = cfg.train.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)))
+    start_step, run_id = 0, None
+    if resume is not None:
+        if resume.meta.get("frozen_fingerprint") != fingerprint:
+            raise ckpt.CheckpointError(f"checkpoint {resume.path} was trained on a different frozen backbone "
+                                       f"(fingerprint {resume.meta.get('frozen_fingerprint')} != {fingerprint})")
+        load_trainable(policy, resume.weights(), resume.path)
+        state = resume.trainer_state()
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+        start_step, run_id = resume.step, resume.meta.get("mlflow_run_id")
+        log.info("resuming from %s at step %d", resume.path, start_step)
+    # The scheduler is stepped by hand: accelerate's wrapper would step it once per process.
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    loaders = _Loaders(cfg, index, tokenizer, rank, world, start_step * cfg.train.grad_accum)
+
+    tracker = Tracker(cfg.tracking.uri, experiment, enabled=cfg.tracking.enabled and accelerator.is_main_process)
+    run_id = tracker.start(run_name, run_id=run_id, tags={"recipe": cfg.recipe, "dataset": index.dataset_id,
+                                                          "backbone": cfg.model.backbone})
+    if resume is None and tracker.enabled:
+        tracker.log_params(flatten(cfg))
+        tracker.log_text(dump_yaml(cfg), "config.yaml")
+        trainable_n, total_n = accelerator.unwrap_model(policy).parameter_counts()
+        tracker.log_params({"policy.trainable_params": trainable_n, "policy.total_params": total_n,
+                            "data.episodes": len(index.episode_lengths), "data.steps": index.num_steps,
+                            "text.corpus": corpus_fingerprint(cfg.text.source) if loaders.text is not None else "none"})
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        log.info("run dir %s; MLflow: %s", run_dir, run_url(cfg.tracking.uri, run_id) if run_id else "off")
+
+    meta.update(config=to_dict(cfg), frozen_fingerprint=fingerprint, mlflow_run_id=run_id,
+                tracking_uri=cfg.tracking.uri, experiment=experiment, world_size=world)
+    result = TrainResult(run_dir=run_dir, checkpoint=resume.path if resume else None, run_id=run_id,
+                         steps_done=start_step)
+    status = "FAILED"
+    try:
+        _loop(cfg, accelerator, policy, optimizer, scheduler, loaders, tracker, meta, result, start_step)
+        status = "FINISHED"
+    finally:
+        tracker.end(status)
+    return result
+
+
+def load_trainable(policy, weights: dict[str, torch.Tensor], source) -> None:
+    """Load a checkpoint's trainable weights; every trainable parameter must be present."""
+    expected = set(policy.trainable_state_dict())
+    missing, unexpected = expected - set(weights), set(weights) - expected
+    if missing or unexpected:
+        raise ckpt.CheckpointError(f"checkpoint {source} does not fit this policy: missing "
+                                   f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    result = policy.load_state_dict(weights, strict=False)
+    if result.unexpected_keys:
+        raise ckpt.CheckpointError(f"checkpoint {source}: unexpected keys {result.unexpected_keys[:5]}")
+
+
+def _save(cfg, accelerator, policy, optimizer, scheduler, meta, result, step, tracker) -> None:
+    rngs = [ckpt.rng_state()]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        rngs = gather_object([ckpt.rng_state()])
+    if accelerator.is_main_process:
+        weights = accelerator.unwrap_model(policy).trainable_state_dict()
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs,
+                 "step": step}
+        path = ckpt.save_checkpoint(result.run_dir / "checkpoints", step, weights, state, meta,
+                                    keep=cfg.train.keep_checkpoints)
+        tracker.log_artifacts(path, f"checkpoints/{path.name}")
+        tracker.set_tags({"last_checkpoint_step": step, "last_checkpoint": str(path.resolve())})
+        result.checkpoint = path
+    accelerator.wait_for_everyone()
+
+
+def _loop(cfg, accelerator, policy, optimizer, scheduler, loaders, tracker, meta, result, start_step) -> None:
+    device = accelerator.device
+    lam = cfg.loss.language_weight
+    k = cfg.data.context_len
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    bar = tqdm(total=cfg.train.steps, initial=start_step, desc="train", unit="step",
+               disable=not accelerator.is_main_process, dynamic_ncols=True)
+    window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
+    step = start_step
+    while step < cfg.train.steps:
+        policy.train()
+        sums = {"loss": 0.0, "action_loss": 0.0, "language_loss": 0.0}
+        for micro in range(cfg.train.grad_accum):
+            batch = _to_device(next(loaders.rl), device)
+            text = _to_device(next(loaders.text), device) if loaders.text is not None else None
+            sync = micro == cfg.train.grad_accum - 1
+            ctx = accelerator.no_sync(policy) if not sync and accelerator.num_processes > 1 else _null()
+            with ctx, accelerator.autocast():
+                out = policy(**batch, text_ids=text, language_weight=lam)
+                loss = out["loss"] / cfg.train.grad_accum
+            accelerator.backward(loss)
+            for key in sums:
+                if key in out:
+                    sums[key] += out[key].detach().float().item() / cfg.train.grad_accum
+            window_samples += batch["states"].shape[0] * accelerator.num_processes
+            window_tokens += (3 * k * batch["states"].shape[0]
+                              + (text.numel() if text is not None else 0)) * accelerator.num_processes
+        if not math.isfinite(sums["loss"]):
+            raise NonFiniteLossError(
+                f"non-finite loss at step {step + 1}: loss={sums['loss']}, action_loss={sums['action_loss']}, "
+                f"language_loss={sums['language_loss']}, lr={scheduler.get_last_lr()[0]:.3g}. Stopped without "
+                f"saving; last good checkpoint: {result.checkpoint}. Try a lower train.lr, train.grad_clip, or "
+                f"mixed_precision=no.")
+        grad_norm = accelerator.clip_grad_norm_(trainable, cfg.train.grad_clip if cfg.train.grad_clip > 0 else 1e12)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        result.losses.append(sums["loss"])
+        result.steps_done = step
+        bar.update(1)
+        bar.set_postfix(loss=f"{sums['loss']:.4f}")
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+            elapsed = max(time.perf_counter() - window_start, 1e-9)
+            metrics = {"train/loss": sums["loss"], "train/action_loss": sums["action_loss"],
+                       "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
+                       "train/samples_per_s": window_samples / elapsed, "train/tokens_per_s": window_tokens / elapsed}
+            if loaders.text is not None:
+                metrics["train/language_loss"] = sums["language_loss"]
+            tracker.log_metrics(metrics, step)
+            window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+            _save(cfg, accelerator, policy, optimizer, scheduler, meta, result, step, tracker)
+    bar.close()
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def build_arg_parser(prog: str = "lamo-scale train") -> argparse.ArgumentParser:
+    """The ``train`` command line: a recipe plus ``key=value`` overrides (all listed in --help)."""
+    from lamo_scale.config import describe_options
+
+    lines = [f"  {key:<32} {tp:<28} default {default}\n      {doc}" for key, tp, default, doc in describe_options()]
+    parser = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a LaMo policy from a recipe, with dotted overrides (key=value).",
+        epilog="options (set in the recipe YAML or as key=value overrides):\n" + "\n".join(lines))
+    parser.add_argument("--config", "-c", help="recipe YAML path or packaged recipe name (lamo-scale recipes)")
+    parser.add_argument("--resume", help="checkpoint or run dir to resume ('auto': latest in the run dir)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=200 model.lora.rank=8")
+    return parser
+
+
+def setup_logging() -> None:
+    """Plain timestamped logs on stderr (progress bars stay on their own line)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "alembic", "mlflow", "datasets", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Optional[list[str]] = None, prog: str = "lamo-scale train") -> int:
+    """Entry point of ``accelerate launch -m lamo_scale.train`` and ``lamo-scale train``."""
+    args = build_arg_parser(prog).parse_args(argv)
+    setup_logging()
+    overrides = list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume else [])
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    result = train(cfg)
+    summary = {"run_dir": str(result.run_dir), "checkpoint": str(result.checkpoint), "mlflow_run_id": result.run_id,
+               "steps": result.steps_done, "final_loss": result.losses[-1] if result.losses else None}
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="accelerate launch -m lamo_scale.train"))

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs lamo_scale into a virtual environment. Used by the Makefile, .ci/run and
+# docker/Dockerfile.cpu, so the three cannot drift apart.
+#
+#   scripts/install.sh [VENV_DIR] [EXTRAS]      defaults: .venv  dev
+#
+# torch goes in first, pinned (constraints.txt): a range that admits a newer torch would
+# pull several GB of CUDA wheels onto a CPU machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${1:-.venv}"
+EXTRAS="${2:-dev}"
+PY="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+TORCH_PIN="$(grep -E '^torch==' constraints.txt)"
+"$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '${TORCH_PIN#torch==}' else 1)" 2>/dev/null \
+  || "${PIP[@]}" install -q "$TORCH_PIN"
+"${PIP[@]}" install -q -c constraints.txt -e ".[${EXTRAS}]"
+echo "lamo_scale installed in $VENV ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
