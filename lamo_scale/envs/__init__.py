@@ -1,0 +1,41 @@
+"""Environment construction: our gymnasium ids, single and vectorised envs.
+
+Importing this package registers ``LaMoReacher2d-v0`` (the LaMo paper's sparse-reward
+Reacher2d, see :mod:`lamo_scale.envs.reacher2d`).
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+REACHER2D_ID = "LaMoReacher2d-v0"
+REACHER2D_HORIZON = 100
+
+if REACHER2D_ID not in gym.registry:
+    gym.register(
+        id=REACHER2D_ID,
+        entry_point="lamo_scale.envs.reacher2d:Reacher2dEnv",
+        max_episode_steps=REACHER2D_HORIZON,
+    )
+
+
+def make_env(env_id: str, **kwargs) -> gym.Env:
+    """Build one environment by id; our own ids (``LaMoReacher2d-v0``) resolve too."""
+    return gym.make(env_id, **kwargs)
+
+
+def make_vector_env(env_id: str, num_envs: int, seed: int | None = None, **kwargs) -> gym.vector.SyncVectorEnv:
+    """Build ``num_envs`` copies of ``env_id`` stepped in-process (Sync beats Async on few cores).
+
+    Uses gymnasium's default next-step autoreset: the step after an episode ends returns the
+    first observation of the next episode with reward 0 and must not be recorded. When
+    ``seed`` is given the sub-envs are reset with seeds ``seed, seed+1, ...``.
+    """
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id, **kwargs) for _ in range(num_envs)])
+    if seed is not None:
+        envs.reset(seed=seed)
+        envs.action_space.seed(seed)
+    return envs
+
+
+__all__ = ["REACHER2D_ID", "REACHER2D_HORIZON", "make_env", "make_vector_env"]

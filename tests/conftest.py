@@ -1,0 +1,53 @@
+"""Shared fixtures: offline environment, a session Minari store with a real Reacher2d dataset."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+WIKITEXT_VALID = SHARED / "corpus" / "wikitext-103" / "wiki.valid.tokens"
+
+TINY = ["model.backbone=tiny-gpt2", "model.pretrained=false", "model.tiny_layers=2", "model.tiny_width=32",
+        "model.tiny_heads=2", "model.max_timestep=128"]
+"""Overrides that make any recipe a tiny, seconds-long CPU job."""
+
+
+@pytest.fixture(scope="session")
+def minari_store(tmp_path_factory) -> Path:
+    """A private Minari store for the whole session (``MINARI_DATASETS_PATH``)."""
+    path = tmp_path_factory.mktemp("minari")
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MINARI_DATASETS_PATH", None)
+    else:
+        os.environ["MINARI_DATASETS_PATH"] = old
+
+
+@pytest.fixture(scope="session")
+def reacher_dataset(minari_store) -> str:
+    """A real Minari dataset (scripted controller on Reacher2d, 3,000 steps) made for the session."""
+    from lamo_scale.data.collect import collect_recipe
+
+    ds = collect_recipe("reacher2d-medium", num_steps=3000, dataset_id="test/reacher2d/medium-v0", progress=False)
+    return ds.id
+
+
+@pytest.fixture
+def text_file(tmp_path) -> str:
+    """A real English text file: WikiText-103 valid when ../shared has it, else this repo's docs."""
+    if WIKITEXT_VALID.exists():
+        return str(WIKITEXT_VALID)
+    path = tmp_path / "text.txt"
+    path.write_text("\n".join(p.read_text() for p in REPO.rglob("*.py")))
+    return str(path)

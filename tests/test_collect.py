@@ -1,0 +1,217 @@
+"""Dataset collection: scripted and SB3 zoo policies -> Minari datasets, atomic and refusing overwrite."""
+
+import subprocess
+import sys
+import warnings
+
+import minari
+import numpy as np
+import pytest
+
+from lamo_scale.data import collect as collect_mod
+from lamo_scale.data.collect import (
+    COLLECT_RECIPES,
+    collect_dataset,
+    collect_recipe,
+    dataset_report,
+    dataset_store_path,
+    default_zoo_dir,
+    list_local,
+    rollout_episodes,
+)
+from lamo_scale.data.controllers import ReacherIKController
+from lamo_scale.data.sb3_policy import load_sb3_policy
+
+ZOO = default_zoo_dir()
+needs_zoo = pytest.mark.skipif(not ZOO.is_dir(), reason=f"SB3 zoo policies not found at {ZOO}")
+EXPERT_ID = "lamo/reacher2d/expert-v0"
+
+
+@pytest.fixture(autouse=True)
+def store(tmp_path, monkeypatch):
+    """A private Minari store per test."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    return tmp_path / "minari"
+
+
+def _list_strict():
+    """minari.list_local_datasets(), failing on any 'misconfigured dataset' warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return minari.list_local_datasets()
+
+
+def test_scripted_expert_dataset(store):
+    ds = collect_recipe("reacher2d-expert", num_steps=3000, progress=False)
+    assert dataset_store_path() == store
+    assert list_local() == [EXPERT_ID] and list(_list_strict()) == [EXPERT_ID]
+
+    ds = minari.load_dataset(EXPERT_ID)
+    # 8 envs x 100-step episodes: the 4th round crosses 3000 steps and is finished
+    assert ds.total_episodes == 32 and ds.total_steps == 3200
+    returns = []
+    for ep in ds.iterate_episodes():
+        assert ep.observations.shape == (101, 10) and ep.actions.shape == (100, 2)
+        assert not ep.terminations.any() and ep.truncations[-1] and not ep.truncations[:-1].any()
+        assert set(np.unique(ep.rewards)) <= {0.0, 1.0}
+        # reward t is "in reach" after action t: |fingertip - target| of observation t+1
+        np.testing.assert_array_equal(ep.rewards, np.linalg.norm(ep.observations[1:, 8:10], axis=1) < 0.1)
+        assert np.abs(ep.actions).max() <= 1.0
+        returns.append(ep.rewards.sum())
+    assert 90 <= np.mean(returns) <= 99  # measured 95.1 (seed 0)
+
+    meta = ds.storage.metadata
+    assert meta["dataset_id"] == EXPERT_ID
+    assert (meta["ref_min_score"], meta["ref_max_score"]) == (0.0, 100.0)
+    prov = meta["lamo_provenance"]
+    assert prov["env_id"] == "LaMoReacher2d-v0" and prov["policy"] == "scripted:reacher-ik-pd"
+    assert prov["action_noise"] == 0.0 and prov["seed"] == 0 and prov["num_steps_requested"] == 3000
+    assert prov["recipe"] == "reacher2d-expert" and prov["lamo_scale_version"]
+
+    [row] = dataset_report()
+    assert row["id"] == EXPERT_ID and row["env"] == "LaMoReacher2d-v0"
+    assert (row["episodes"], row["steps"]) == (32, 3200)
+    assert row["score"] == pytest.approx(np.mean(returns))
+    assert row["return_min"] <= row["return_mean"] <= row["return_max"] <= 100
+
+    env = ds.recover_environment()
+    assert env.spec.id == "LaMoReacher2d-v0" and env.spec.max_episode_steps == 100
+    assert env.reset(seed=0)[0].shape == (10,)
+
+
+def test_env_recoverable_in_fresh_process(store):
+    collect_recipe("reacher2d-expert", num_steps=100, num_envs=1, progress=False)
+    code = (
+        "import minari; ds = minari.load_dataset('lamo/reacher2d/expert-v0'); env = ds.recover_environment();"
+        "env.reset(seed=0); print(env.spec.id, env.spec.max_episode_steps, env.step(env.action_space.sample())[1])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[:2] == ["LaMoReacher2d-v0", "100"]
+
+
+def test_scripted_medium_is_worse(store):
+    ds = collect_recipe("reacher2d-medium", num_steps=2000, progress=False)
+    [row] = dataset_report([ds.spec.dataset_id])
+    assert ds.spec.dataset_id == "lamo/reacher2d/medium-v0"
+    assert 30 <= row["score"] <= 60  # measured 42.7 on 20k steps (noise std 2.0)
+    assert ds.storage.metadata["lamo_provenance"]["action_noise"] == 2.0
+
+
+def test_seeded_collection_is_reproducible():
+    def run():
+        return rollout_episodes("LaMoReacher2d-v0", ReacherIKController(), 400, 4, 7, action_noise=1.0, progress=False)[0]
+
+    a, b = run(), run()
+    assert len(a) == len(b) == 4
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.actions, y.actions)
+        np.testing.assert_array_equal(x.observations, y.observations)
+
+
+@needs_zoo
+def test_sac_hopper_medium(store):
+    ds = collect_recipe("hopper-medium", num_steps=2000, num_envs=2, zoo_dir=ZOO, progress=False)
+    assert ds.spec.dataset_id == "lamo/hopper/medium-v0"
+    assert ds.total_steps >= 2000
+    for ep in ds.iterate_episodes():
+        ends = ep.terminations | ep.truncations
+        assert ends[-1] and not ends[:-1].any()
+        assert ep.observations.shape == (len(ep.rewards) + 1, 11)
+    [row] = dataset_report()
+    # SAC with sampled actions: episodes of ~1000-3600 return; 20k-step measurement: 1525 (score 47.5)
+    assert 800 <= row["return_mean"] <= 3700 and 25 <= row["score"] <= 110
+    prov = ds.storage.metadata["lamo_provenance"]
+    assert prov["policy"] == "sb3:sac" and prov["policy_deterministic"] is False
+    assert len(prov["policy_sha256"]) == 64
+
+
+@needs_zoo
+def test_sb3_stochastic_policy_is_seeded():
+    runs = []
+    for _ in range(2):
+        policy = load_sb3_policy(ZOO / "sac" / "Hopper-v3_1", "Hopper-v5", deterministic=False, seed=1)
+        runs.append(rollout_episodes("Hopper-v5", policy, 50, 2, seed=0, progress=False)[0])
+    np.testing.assert_array_equal(runs[0][0].actions, runs[1][0].actions)
+
+
+@needs_zoo
+def test_sb3_vecnormalize_policy_runs():
+    policy = load_sb3_policy(ZOO / "ars" / "Hopper-v3_1", "Hopper-v5")
+    assert policy.obs_stats is not None and policy.algo == "ars"
+    [ep, *_] = rollout_episodes("Hopper-v5", policy, 1000, 1, seed=0, progress=False)[0]
+    assert ep.rewards.sum() > 3000  # ARS needs its observation statistics to hop (measured 3290)
+
+
+@needs_zoo
+def test_mismatched_policy_raises_before_rollout(monkeypatch):
+    with pytest.raises(ValueError, match=r"does not fit env Hopper-v5.*\(17,\).*\(11,\)"):
+        load_sb3_policy(ZOO / "sac" / "HalfCheetah-v3_1", "Hopper-v5")
+    # through a recipe: the rollout is never reached
+    monkeypatch.setitem(COLLECT_RECIPES, "bad", COLLECT_RECIPES["hopper-medium"].__class__(
+        "lamo/bad/x-v0", "Hopper-v5", "sb3:sac/HalfCheetah-v3_1", 100, description="bad"))
+    monkeypatch.setattr(collect_mod, "rollout_episodes", lambda *a, **k: pytest.fail("rolled out"))
+    with pytest.raises(ValueError, match="does not fit"):
+        collect_recipe("bad", zoo_dir=ZOO, progress=False)
+
+
+def test_interrupted_rollout_leaves_nothing(store):
+    controller = ReacherIKController()
+    calls = 0
+
+    def flaky(obs):
+        nonlocal calls
+        calls += 1
+        if calls > 150:
+            raise RuntimeError("policy died")
+        return controller(obs)
+
+    with pytest.raises(RuntimeError, match="policy died"):
+        collect_dataset(EXPERT_ID, "LaMoReacher2d-v0", flaky, 2000, progress=False)
+    assert _list_strict() == {}
+    with pytest.raises(FileNotFoundError):
+        minari.load_dataset(EXPERT_ID)
+
+
+def test_interrupted_write_leaves_nothing(store, monkeypatch):
+    from minari.dataset._storages.hdf5_storage import HDF5Storage
+
+    def boom(self, episodes):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(HDF5Storage, "update_episodes", boom)
+    with pytest.raises(KeyboardInterrupt):
+        collect_dataset(EXPERT_ID, "LaMoReacher2d-v0", ReacherIKController(), 200, progress=False)
+    assert _list_strict() == {}
+    assert not [p for p in store.rglob("*") if ".tmp-" in p.name]
+
+
+def test_killed_collection_debris_is_invisible(store):
+    # what a SIGKILL mid-write leaves: a hidden temp dir beside the final place
+    collect_recipe("reacher2d-expert", num_steps=100, num_envs=1, progress=False)
+    debris = store / "lamo" / "reacher2d" / ".medium-v0.tmp-deadbeef" / "data"
+    debris.mkdir(parents=True)
+    (debris / "metadata.json").write_text("{broken")
+    assert list(_list_strict()) == [EXPERT_ID]
+
+
+def test_refuses_overwrite_unless_asked(store):
+    collect_recipe("reacher2d-expert", num_steps=100, num_envs=1, progress=False)
+    with pytest.raises(FileExistsError):
+        collect_recipe("reacher2d-expert", num_steps=200, num_envs=1, progress=False)
+    assert minari.load_dataset(EXPERT_ID).total_steps == 100
+    collect_recipe("reacher2d-expert", num_steps=200, num_envs=1, overwrite=True, progress=False)
+    assert minari.load_dataset(EXPERT_ID).total_steps == 200
+    assert list(_list_strict()) == [EXPERT_ID]
+    assert not [p for p in store.rglob("*") if p.name.startswith(".expert-v0")]
+
+
+def test_malformed_id_fails_fast():
+    with pytest.raises(ValueError, match="Malformed"):
+        collect_dataset("not a valid id!", "LaMoReacher2d-v0", ReacherIKController(), 100, progress=False)
+
+
+def test_zoo_dir_env_override(monkeypatch, tmp_path):
+    monkeypatch.setenv("LAMO_SB3_ZOO", str(tmp_path))
+    assert default_zoo_dir() == tmp_path

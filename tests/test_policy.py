@@ -1,0 +1,124 @@
+"""The LaMo policy and every ablation switch."""
+import numpy as np
+import pytest
+import torch
+
+from lamo_scale.config import load_config
+from lamo_scale.model import BackboneError, build_policy
+from lamo_scale.model.adapters import lora_targets
+from lamo_scale.model.policy import MLPEmbedding
+
+from conftest import TINY
+
+
+def make(*overrides, state_dim=4, act_dim=2):
+    cfg = load_config(None, TINY + list(overrides))
+    policy, tok = build_policy(cfg.model, state_dim, act_dim, -np.ones(act_dim), np.ones(act_dim), seed=0)
+    return policy, tok, cfg
+
+
+def batch(b=3, k=4, state_dim=4, act_dim=2):
+    g = torch.Generator().manual_seed(0)
+    return {"states": torch.randn(b, k, state_dim, generator=g), "actions": torch.rand(b, k, act_dim, generator=g) * 2 - 1,
+            "returns_to_go": torch.randn(b, k, 1, generator=g), "timesteps": torch.arange(k).repeat(b, 1),
+            "attention_mask": torch.ones(b, k, dtype=torch.long)}
+
+
+def trainable_names(policy):
+    return {n for n, p in policy.named_parameters() if p.requires_grad}
+
+
+def test_lora_freezes_backbone_and_trains_adapters_embeddings_heads():
+    policy, _, _ = make()
+    names = trainable_names(policy)
+    assert any("lora_A" in n for n in names) and any("lora_B" in n for n in names)
+    assert {n.split(".")[0] for n in names} == {"lm", "embed_return", "embed_state", "embed_action",
+                                                 "embed_timestep", "embed_ln", "action_head"}
+    assert all("lora_" in n for n in names if n.startswith("lm."))
+    assert isinstance(policy.embed_state, MLPEmbedding)
+
+
+def test_gpt2_lora_targets_conv1d_with_fan_in_fan_out():
+    policy, _, _ = make()
+    assert lora_targets(policy.causal_lm, None) == (["c_attn"], True)
+    llama, _, _ = make("model.backbone=tiny-llama")
+    assert lora_targets(llama.causal_lm, None) == (["q_proj", "k_proj", "v_proj"], False)
+    assert any("q_proj.lora_A" in n for n in trainable_names(llama))
+
+
+def test_ablation_switches():
+    full, _, _ = make("model.finetune=full", "model.embedding=linear", "model.action_head=linear")
+    assert all(p.requires_grad for p in full.parameters())
+    assert isinstance(full.embed_state, torch.nn.Linear) and len(full.action_head) == 2  # Linear + Tanh
+    # "frozen" needs pre-trained weights (the config refuses frozen random init), which tiny
+    # backbones lack; the freezing mechanism itself is exercised on a tiny backbone directly.
+    cfg = load_config(None, TINY + ["loss.language_weight=0"])
+    cfg.model.finetune = "frozen"
+    from lamo_scale.model.adapters import apply_finetune_mode
+    from lamo_scale.model.backbone import _tiny_backbone
+    lm = apply_finetune_mode(_tiny_backbone(cfg.model), cfg.model)
+    assert not any(p.requires_grad for p in lm.parameters())
+
+
+def test_forward_shapes_bounds_and_losses():
+    policy, _, _ = make()
+    b = batch()
+    pred = policy.predict_actions(**b)
+    assert pred.shape == (3, 4, 2) and pred.abs().max() <= 1.0
+    out = policy(**b)
+    assert set(out) == {"loss", "action_loss"} and torch.equal(out["loss"], out["action_loss"])
+    out = policy(**b, text_ids=torch.randint(0, 257, (2, 16)), language_weight=0.1)
+    assert torch.allclose(out["loss"], out["action_loss"] + 0.1 * out["language_loss"])
+    assert policy.act(**b).shape == (3, 2)
+
+
+def test_no_lm_forward_without_language_loss():
+    policy, _, _ = make()
+    calls = []
+    policy.causal_lm.lm_head.register_forward_hook(lambda *a: calls.append(1))
+    policy(**batch())
+    assert calls == []
+    policy(**batch(), text_ids=torch.randint(0, 257, (2, 16)), language_weight=0.0)
+    assert calls == []
+
+
+def test_padding_is_masked_out_of_the_loss():
+    policy, _, _ = make()
+    policy.eval()  # no LoRA dropout noise between the two calls
+    b = batch()
+    b["attention_mask"][:, :2] = 0
+    base = policy(**b)["action_loss"]
+    b2 = {k: v.clone() for k, v in b.items()}
+    b2["actions"][:, :2] = 5.0  # garbage in padded positions: the loss must not see it
+    assert torch.allclose(policy(**b2)["action_loss"], base)
+
+
+def test_causality_action_at_t_ignores_future():
+    policy, _, _ = make("model.lora.dropout=0.0")
+    policy.eval()
+    b = batch()
+    ref = policy.predict_actions(**b)[:, 1]
+    b["states"][:, 2:] += 3.0
+    b["actions"][:, 1:] = 0.7
+    assert torch.allclose(policy.predict_actions(**b)[:, 1], ref, atol=1e-6)
+
+
+def test_seeded_init_is_reproducible():
+    a, _, _ = make()
+    b, _, _ = make()
+    assert a.frozen_fingerprint() == b.frozen_fingerprint()
+    for (n1, p1), (n2, p2) in zip(a.trainable_state_dict().items(), b.trainable_state_dict().items()):
+        assert n1 == n2 and torch.equal(p1, p2)
+
+
+def test_bad_backbones_fail_clearly(tmp_path):
+    cfg = load_config(None, TINY)
+    cfg.model.pretrained = True
+    with pytest.raises(BackboneError, match="no pre-trained"):
+        build_policy(cfg.model, 4, 2)
+    cfg = load_config(None, ["model.backbone=/no/such/dir"])
+    with pytest.raises(BackboneError, match="does not exist"):
+        build_policy(cfg.model, 4, 2)
+    cfg = load_config(None, [f"model.backbone={tmp_path}"])
+    with pytest.raises(BackboneError, match="built-in name: tiny-gpt2"):
+        build_policy(cfg.model, 4, 2)
