@@ -172,12 +172,15 @@ def train(cfg: Config) -> TrainResult:
         state = resume.trainer_state()
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
         start_step, run_id = resume.step, resume.meta.get("mlflow_run_id")
         log.info("resuming from %s at step %d", resume.path, start_step)
     # The scheduler is stepped by hand: accelerate's wrapper would step it once per process.
     policy, optimizer = accelerator.prepare(policy, optimizer)
     loaders = _Loaders(cfg, index, tokenizer, rank, world, start_step * cfg.train.grad_accum)
+    if resume is not None:
+        # Restored last: building DataLoader iterators draws from the torch RNG.
+        rngs = state["rng"]
+        ckpt.set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
 
     tracker = Tracker(cfg.tracking.uri, experiment, enabled=cfg.tracking.enabled and accelerator.is_main_process)
     run_id = tracker.start(run_name, run_id=run_id, tags={"recipe": cfg.recipe, "dataset": index.dataset_id,
