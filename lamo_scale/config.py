@@ -351,11 +351,7 @@ def load_config(recipe: Optional[str | Path] = None, overrides: tuple[str, ...] 
     if recipe is not None:
         path = resolve_recipe(recipe)
         name = path.stem
-        with open(path) as f:
-            loaded = yaml.safe_load(f) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"recipe {path} must be a YAML mapping, got {type(loaded).__name__}")
-        tree = loaded
+        tree = read_recipe(path)
     tree.setdefault("recipe", name)
     for item in overrides:
         apply_override(tree, item)
@@ -365,6 +361,28 @@ def load_config(recipe: Optional[str | Path] = None, overrides: tuple[str, ...] 
 
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_recipe(path: Path, _seen: tuple = ()) -> dict:
+    """A recipe's YAML as a dict, with ``base: <recipe>`` resolved (the file's keys win)."""
+    if path.resolve() in _seen:
+        raise ConfigError(f"recipe {path} inherits from itself through 'base'")
+    with open(path) as f:
+        tree = yaml.safe_load(f) or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"recipe {path} must be a YAML mapping, got {type(tree).__name__}")
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    base_path = path.parent / f"{base}.yaml" if (path.parent / f"{base}.yaml").is_file() else resolve_recipe(base)
+    return _merge(read_recipe(base_path, _seen + (path.resolve(),)), tree)
 
 
 def resolve_recipe(recipe: str | Path) -> Path:

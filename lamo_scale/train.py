@@ -332,12 +332,21 @@ def main(argv: Optional[list[str]] = None, prog: str = "lamo-scale train") -> in
     args = build_arg_parser(prog).parse_args(argv)
     setup_logging()
     overrides = list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume else [])
+    from lamo_scale.data.trajectories import DatasetNotFoundError
+    from lamo_scale.model import BackboneError
+
     try:
         cfg = load_config(args.config, overrides)
+        result = train(cfg)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    result = train(cfg)
+    except (DatasetNotFoundError, BackboneError, ckpt.CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as err:
+        print(f"training stopped: {err}", file=sys.stderr)
+        return 3
     summary = {"run_dir": str(result.run_dir), "checkpoint": str(result.checkpoint), "mlflow_run_id": result.run_id,
                "steps": result.steps_done, "final_loss": result.losses[-1] if result.losses else None}
     print(json.dumps(summary))
