@@ -102,6 +102,10 @@ class TextConfig:
     """Tokens per packed block."""
     batch_size: int = 2
     """Text blocks per training step."""
+    heldout_source: Optional[str] = None
+    """Text for the start-of-run perplexity check of the backbone; null = text.source (skipped when loss.language_weight=0)."""
+    heldout_blocks: int = 4
+    """Blocks (of min(block_size, 512) tokens) in that check; 0 skips it."""
 
 
 @dataclass

@@ -185,6 +185,13 @@ def train(cfg: Config) -> TrainResult:
     tracker = Tracker(cfg.tracking.uri, experiment, enabled=cfg.tracking.enabled and accelerator.is_main_process)
     run_id = tracker.start(run_name, run_id=run_id, tags={"recipe": cfg.recipe, "dataset": index.dataset_id,
                                                           "backbone": cfg.model.backbone})
+    heldout = cfg.text.heldout_source or (cfg.text.source if cfg.loss.language_weight > 0 else None)
+    if resume is None and heldout and cfg.text.heldout_blocks > 0 and accelerator.is_main_process:
+        from lamo_scale.model.perplexity import check_backbone
+
+        unwrapped = accelerator.unwrap_model(policy)
+        tracker.log_metrics(check_backbone(unwrapped.causal_lm, tokenizer, heldout, cfg.model.pretrained, min(cfg.text.block_size, 512),
+                                           cfg.text.heldout_blocks), step=0)
     if resume is None and tracker.enabled:
         tracker.log_params(flatten(cfg))
         tracker.log_text(dump_yaml(cfg), "config.yaml")

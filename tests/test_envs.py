@@ -73,6 +73,12 @@ def test_pickle_roundtrip():
     assert clone.observation_space.shape == (10,)
 
 
+def test_make_env_accepts_spec():
+    spec = gym.spec("LaMoReacher2d-v0")
+    env = make_env(spec)
+    assert env.spec.id == "LaMoReacher2d-v0" and env.reset(seed=0)[0].shape == (10,)
+
+
 def test_make_vector_env():
     venv = make_vector_env("LaMoReacher2d-v0", 3, seed=0)
     assert isinstance(venv, gym.vector.SyncVectorEnv)
@@ -90,6 +96,9 @@ def test_make_vector_env():
         ("Walker2d-v5", (1.629008, 4592.3)),
         ("LaMoReacher2d-v0", (0.0, 100.0)),
         ("FrankaKitchen-v1", (0.0, 4.0)),
+        ("PointMaze_UMaze-v3", (0.0, 245.0)),
+        ("PointMaze_Medium-v3", (0.0, 498.8)),
+        ("PointMaze_Large-v3", None),
         ("Reacher-v5", None),
         ("CartPole-v1", None),
     ],
@@ -111,3 +120,78 @@ def test_controller_batched_and_single():
     assert batch.shape == (4, 2) and batch.dtype == np.float32
     np.testing.assert_array_equal(controller(obs[1]), batch[1])
     assert np.all(np.abs(batch) <= 1.0)
+
+
+def test_uniform_random_policy():
+    from lamo_scale.data.controllers import UniformRandomPolicy
+
+    space = gym.spaces.Box(-2.0, 1.0, shape=(3,), dtype=np.float32)
+    a = UniformRandomPolicy(space, seed=0)(np.zeros((5, 7)))
+    assert a.shape == (5, 3) and a.dtype == np.float32 and a.min() >= -2 and a.max() <= 1
+    np.testing.assert_array_equal(a, UniformRandomPolicy(space, seed=0)(np.zeros((5, 7))))
+    assert UniformRandomPolicy(space)({"x": np.zeros((4, 2))}).shape == (4, 3)  # dict observations
+
+
+# --- PointMaze (gymnasium-robotics) ------------------------------------------------------
+
+
+@pytest.fixture
+def robotics():
+    return pytest.importorskip("gymnasium_robotics", reason="PointMaze needs gymnasium-robotics (dev extra)")
+
+
+def test_pointmaze_grid_geometry_and_bfs(robotics):
+    from lamo_scale.data.controllers import PointMazeWaypointController
+
+    env = make_env("PointMaze_UMaze-v3")
+    maze = env.unwrapped.maze
+    controller = PointMazeWaypointController.for_env(env)
+    for i, row in enumerate(maze.maze_map):
+        for j, cell in enumerate(row):
+            xy = maze.cell_rowcol_to_xy(np.array([i, j]))
+            np.testing.assert_allclose(controller.cell_centre((i, j)), xy)
+            assert controller.cell_of(xy) == tuple(maze.cell_xy_to_rowcol(xy))
+    # UMaze: free cells (1,1..3), (2,3), (3,1..3); from (1,1) to (3,1) the path goes round the U
+    start, goal = maze.cell_rowcol_to_xy(np.array([1, 1])), maze.cell_rowcol_to_xy(np.array([3, 1]))
+    assert controller.path(start, goal) == [(1, 1), (1, 2), (1, 3), (2, 3), (3, 3), (3, 2), (3, 1)]
+    assert controller.waypoint(start, goal) == pytest.approx(controller.cell_centre((1, 2)))
+    assert controller.waypoint(goal + 0.1, goal) == pytest.approx(goal)  # in the goal cell: the goal itself
+
+
+@pytest.mark.parametrize("env_id, episodes, noise", [("PointMaze_UMaze-v3", 20, 0.5), ("PointMaze_Medium-v3", 6, 0.5)])
+def test_pointmaze_controller_reaches_goal(robotics, env_id, episodes, noise):
+    from lamo_scale.data.controllers import PointMazeWaypointController
+
+    env = make_env(env_id)
+    controller = PointMazeWaypointController.for_env(env, noise_std=noise, seed=0)
+    returns, successes = [], []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=100 + ep)
+        total, reached = 0.0, False
+        while True:
+            action = controller(obs)
+            assert action.shape == (2,) and np.abs(action).max() <= 1.0
+            obs, reward, terminated, truncated, info = env.step(action)
+            total += reward
+            reached |= bool(info["success"])
+            if terminated or truncated:
+                break
+        returns.append(total)
+        successes.append(reached)
+    # measured: success rate 1.00 on both mazes, with or without N(0, 0.5^2) noise
+    assert np.mean(successes) >= 0.95
+    ref_max = reference_scores(env_id)[1]
+    assert 0.75 * ref_max <= np.mean(returns) <= 1.25 * ref_max
+
+
+def test_pointmaze_batched_controller(robotics):
+    from lamo_scale.data.controllers import PointMazeWaypointController
+
+    venv = make_vector_env("PointMaze_UMaze-v3", 3, seed=0)
+    obs, _ = venv.reset(seed=0)
+    controller = PointMazeWaypointController.for_env("PointMaze_UMaze-v3")
+    batch = controller(obs)
+    assert batch.shape == (3, 2) and batch.dtype == np.float32
+    single = controller({k: v[1] for k, v in obs.items()})
+    np.testing.assert_array_equal(single, batch[1])
+    venv.close()

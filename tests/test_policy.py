@@ -120,5 +120,5 @@ def test_bad_backbones_fail_clearly(tmp_path):
     with pytest.raises(BackboneError, match="does not exist"):
         build_policy(cfg.model, 4, 2)
     cfg = load_config(None, [f"model.backbone={tmp_path}"])
-    with pytest.raises(BackboneError, match="built-in name: tiny-gpt2"):
+    with pytest.raises(BackboneError, match="known offline name: smollm2-135m, tiny-gpt2"):
         build_policy(cfg.model, 4, 2)

@@ -136,6 +136,15 @@ class SB3Policy:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0 if seed is None else seed)
             self._torch_rng_state = torch.get_rng_state()
+        # Fast path for squashed-Gaussian actors (SAC, TQC without gSDE): mean / log-std from
+        # the actor, own torch.Generator for the noise, no distribution objects, no global
+        # RNG save/restore. Same action distribution as SB3's predict().
+        actor = getattr(model.policy, "actor", None)
+        self._fast_actor = (
+            actor if actor is not None and hasattr(actor, "get_action_dist_params")
+            and not getattr(actor, "use_sde", False) and model.policy.squash_output else None
+        )
+        self._generator = torch.Generator().manual_seed(0 if seed is None else seed)
 
     def normalize(self, obs: np.ndarray) -> np.ndarray:
         """Apply the VecNormalize observation transform (identity when there is none)."""
@@ -150,16 +159,19 @@ class SB3Policy:
         obs = self.normalize(np.asarray(obs, dtype=np.float64)).astype(np.float32)
         # This is policy.predict() minus its per-call train(False) walk over all modules
         # (done once in __init__).
-        obs_tensor, _ = policy.obs_to_tensor(obs)
         threads = torch.get_num_threads()
         # Small MLP, small batch: a multi-threaded OpenMP region costs ~1000x more than the
         # math when another process keeps the cores busy (measured 7.7 ms vs 7 us per layer).
         torch.set_num_threads(self.num_threads)
         try:
-            with torch.random.fork_rng(devices=[]), torch.no_grad():
-                torch.set_rng_state(self._torch_rng_state)
-                action = policy._predict(obs_tensor, deterministic=self.deterministic).cpu().numpy()
-                self._torch_rng_state = torch.get_rng_state()
+            if self._fast_actor is not None:
+                action = self._fast_squashed_gaussian(obs)
+            else:
+                obs_tensor, _ = policy.obs_to_tensor(obs)
+                with torch.random.fork_rng(devices=[]), torch.inference_mode():
+                    torch.set_rng_state(self._torch_rng_state)
+                    action = policy._predict(obs_tensor, deterministic=self.deterministic).cpu().numpy()
+                    self._torch_rng_state = torch.get_rng_state()
         finally:
             torch.set_num_threads(threads)
         action = action.reshape((-1, *policy.action_space.shape))
@@ -168,6 +180,16 @@ class SB3Policy:
         else:
             action = np.clip(action, policy.action_space.low, policy.action_space.high)
         return action.astype(np.float32).reshape(np.shape(obs)[:-1] + policy.action_space.shape)
+
+    def _fast_squashed_gaussian(self, obs: np.ndarray) -> np.ndarray:
+        """``tanh(mean + std * eps)`` (or ``tanh(mean)``) in [-1, 1], eps from this policy's generator."""
+        with torch.inference_mode():
+            obs_tensor = torch.as_tensor(obs.reshape(-1, *self.model.policy.observation_space.shape))
+            mean, log_std, _ = self._fast_actor.get_action_dist_params(obs_tensor)
+            if not self.deterministic:
+                eps = torch.randn(mean.shape, generator=self._generator, dtype=mean.dtype)
+                mean = mean + log_std.exp() * eps
+            return torch.tanh(mean).numpy()
 
     def provenance(self) -> dict[str, Any]:
         """JSON-able description of this policy for dataset metadata."""

@@ -1,12 +1,15 @@
 """Environment construction: our gymnasium ids, single and vectorised envs.
 
 Importing this package registers ``LaMoReacher2d-v0`` (the LaMo paper's sparse-reward
-Reacher2d, see :mod:`lamo_scale.envs.reacher2d`).
+Reacher2d, see :mod:`lamo_scale.envs.reacher2d`). gymnasium-robotics ids (PointMaze,
+FrankaKitchen) are made available on demand, see :mod:`lamo_scale.envs.pointmaze`.
 """
 
 from __future__ import annotations
 
 import gymnasium as gym
+
+from lamo_scale.envs.pointmaze import ensure_robotics_registered
 
 REACHER2D_ID = "LaMoReacher2d-v0"
 REACHER2D_HORIZON = 100
@@ -19,8 +22,9 @@ if REACHER2D_ID not in gym.registry:
     )
 
 
-def make_env(env_id: str, **kwargs) -> gym.Env:
-    """Build one environment by id; our own ids (``LaMoReacher2d-v0``) resolve too."""
+def make_env(env_id: str | gym.envs.registration.EnvSpec, **kwargs) -> gym.Env:
+    """Build one environment by id; our own ids (``LaMoReacher2d-v0``) and gymnasium-robotics ids resolve too."""
+    ensure_robotics_registered(env_id)
     return gym.make(env_id, **kwargs)
 
 
@@ -31,6 +35,7 @@ def make_vector_env(env_id: str, num_envs: int, seed: int | None = None, **kwarg
     first observation of the next episode with reward 0 and must not be recorded. When
     ``seed`` is given the sub-envs are reset with seeds ``seed, seed+1, ...``.
     """
+    ensure_robotics_registered(env_id)
     envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id, **kwargs) for _ in range(num_envs)])
     if seed is not None:
         envs.reset(seed=seed)
@@ -38,4 +43,4 @@ def make_vector_env(env_id: str, num_envs: int, seed: int | None = None, **kwarg
     return envs
 
 
-__all__ = ["REACHER2D_ID", "REACHER2D_HORIZON", "make_env", "make_vector_env"]
+__all__ = ["REACHER2D_ID", "REACHER2D_HORIZON", "ensure_robotics_registered", "make_env", "make_vector_env"]

