@@ -80,35 +80,51 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def save_checkpoint(checkpoints_dir: Path, step: int, weights: dict[str, torch.Tensor], trainer_state: dict,
-                    meta: dict[str, Any], keep: int = 0) -> Path:
-    """Atomically write a checkpoint for ``step``; prune to the newest ``keep`` (0 = keep all)."""
-    checkpoints_dir = Path(checkpoints_dir)
-    checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    final = checkpoints_dir / step_dir_name(step)
-    tmp = checkpoints_dir / f".tmp-{step_dir_name(step)}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / WEIGHTS))
-    torch.save(trainer_state, tmp / TRAINER_STATE)
-    files = {name: _sha256(tmp / name) for name in (WEIGHTS, TRAINER_STATE)}
+def staging_dir(checkpoints_dir: Path, step: int) -> Path:
+    """The hidden directory a checkpoint is assembled in (the same path on every rank)."""
+    return Path(checkpoints_dir) / f".tmp-{step_dir_name(step)}"
+
+
+def _all_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != META)
+
+
+def commit_checkpoint(staging: Path, step: int, weights: dict[str, torch.Tensor], trainer_state: dict,
+                      meta: dict[str, Any], keep: int = 0) -> Path:
+    """Write weights + state into ``staging`` (which may already hold other ranks' files), hash
+    every file, write ``meta.json`` last and rename the directory into place."""
+    staging = Path(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(staging / WEIGHTS))
+    torch.save(trainer_state, staging / TRAINER_STATE)
+    files = {}
+    for name in _all_files(staging):
+        with open(staging / name, "rb") as f:
+            os.fsync(f.fileno())
+        files[name] = _sha256(staging / name)
     full_meta = dict(meta, step=step, format_version=FORMAT_VERSION, files=files)
-    with open(tmp / META, "w") as f:
+    with open(staging / META, "w") as f:
         json.dump(full_meta, f, indent=2, default=str)
         f.flush()
         os.fsync(f.fileno())
-    for name in files:
-        with open(tmp / name, "rb") as f:
-            os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    _fsync_dir(staging)
+    final = staging.parent / step_dir_name(step)
     if final.exists():
         shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(checkpoints_dir)
+    os.replace(staging, final)
+    _fsync_dir(staging.parent)
     if keep > 0:
-        for old in list_checkpoints(checkpoints_dir)[:-keep]:
+        for old in list_checkpoints(staging.parent)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_checkpoint(checkpoints_dir: Path, step: int, weights: dict[str, torch.Tensor], trainer_state: dict,
+                    meta: dict[str, Any], keep: int = 0) -> Path:
+    """Atomically write a checkpoint for ``step`` from one process; prune to the newest ``keep``."""
+    staging = staging_dir(checkpoints_dir, step)
+    shutil.rmtree(staging, ignore_errors=True)
+    return commit_checkpoint(staging, step, weights, trainer_state, meta, keep)
 
 
 def list_checkpoints(checkpoints_dir: Path) -> list[Path]:

@@ -54,6 +54,8 @@ class ModelConfig:
     """LoRA settings."""
     max_timestep: int = 1024
     """Size of the timestep-embedding table; longer episodes are clamped to the last entry."""
+    backbone_dropout: Optional[float] = None
+    """Set every dropout probability inside the backbone to this (null keeps the model's own)."""
     attn_implementation: Optional[str] = None
     """Backbone attention kernel (eager, sdpa); null keeps the transformers default."""
     gradient_checkpointing: bool = False

@@ -26,6 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lamo_scale import checkpoint as ckpt
+from lamo_scale import distributed as dist
+from lamo_scale.preemption import Preempted, PreemptionFlag
 from lamo_scale.config import Config, ConfigError, dump_yaml, flatten, load_config, to_dict
 from lamo_scale.data.segments import SegmentStream
 from lamo_scale.data.text import TextBlockStream, corpus_fingerprint
@@ -35,6 +37,10 @@ from lamo_scale.model import build_policy
 from lamo_scale.tracking import Tracker, run_url
 
 log = logging.getLogger("lamo_scale.train")
+
+
+SHARDED_STATE = "sharded_state"
+"""Checkpoint sub-directory for optimizer/engine state that is split across ranks (ZeRO, FSDP)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,15 +64,6 @@ def resolve_names(cfg: Config) -> tuple[str, str, Path]:
     run_name = cfg.tracking.run_name or f"{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.train.output_dir.format(experiment=experiment, run_name=run_name, recipe=cfg.recipe))
     return experiment, run_name, run_dir
-
-
-def make_accelerator(cfg: Config):
-    """An Accelerator whose data stays sharded per rank (we shard the streams ourselves)."""
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
-
-    return Accelerator(mixed_precision=cfg.train.mixed_precision,
-                       dataloader_config=DataLoaderConfiguration(dispatch_batches=False, split_batches=False))
 
 
 def dataset_meta(dataset, index: TrajectoryIndex, cfg: Config) -> dict:
@@ -126,6 +123,7 @@ class _Loaders:
 
         self.micro_batch = cfg.train.batch_size // (world * cfg.train.grad_accum)
         segs = SegmentStream(index, cfg.data.context_len, self.micro_batch, cfg.train.seed, rank, world, start_micro)
+        self.segments = segs
         workers = cfg.data.num_workers
         self.rl: Iterator = iter(DataLoader(segs, batch_size=None, num_workers=workers,
                                             persistent_workers=workers > 0))
@@ -142,12 +140,17 @@ def train(cfg: Config) -> TrainResult:
     """Run one training job as configured; returns where its checkpoints and run are."""
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    accelerator = make_accelerator(cfg)
+    accelerator = dist.make_accelerator(cfg.train.mixed_precision, cfg.train.grad_accum)
     rank, world = accelerator.process_index, accelerator.num_processes
     if cfg.train.batch_size % (world * cfg.train.grad_accum):
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} must divide evenly over {world} processes "
                           f"x {cfg.train.grad_accum} accumulation steps")
-    experiment, run_name, run_dir = resolve_names(cfg)
+    names = [resolve_names(cfg)]
+    if world > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(names, from_process=0)  # run names hold a timestamp: rank 0's wins
+    experiment, run_name, run_dir = names[0]
     dataset = open_dataset(cfg.data.dataset, cfg.data.download)
     index = load_trajectories(dataset, cfg.data.rtg_scale, cfg.data.data_ratio, cfg.train.seed,
                               cfg.data.normalize_states)
@@ -159,6 +162,14 @@ def train(cfg: Config) -> TrainResult:
     policy, tokenizer = build_policy(cfg.model, index.state_dim, index.act_dim, index.action_low,
                                      index.action_high, seed=cfg.train.seed)
     fingerprint = policy.frozen_fingerprint()
+    trainable_n, total_n = policy.parameter_counts()  # before prepare: ZeRO-3 empties the local tensors
+    backbone_metrics = {}
+    heldout = cfg.text.heldout_source or (cfg.text.source if cfg.loss.language_weight > 0 else None)
+    if resume is None and heldout and cfg.text.heldout_blocks > 0 and accelerator.is_main_process:
+        from lamo_scale.model.perplexity import check_backbone
+
+        backbone_metrics = check_backbone(policy.causal_lm, tokenizer, heldout, cfg.model.pretrained,
+                                          min(cfg.text.block_size, 512), cfg.text.heldout_blocks)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     warmup = cfg.train.warmup_steps
@@ -170,33 +181,37 @@ def train(cfg: Config) -> TrainResult:
                                        f"(fingerprint {resume.meta.get('frozen_fingerprint')} != {fingerprint})")
         load_trainable(policy, resume.weights(), resume.path)
         state = resume.trainer_state()
-        optimizer.load_state_dict(state["optimizer"])
+        if state.get("optimizer") is not None:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_step, run_id = resume.step, resume.meta.get("mlflow_run_id")
         log.info("resuming from %s at step %d", resume.path, start_step)
+    micro_batch = cfg.train.batch_size // (world * cfg.train.grad_accum)
+    dist.configure_deepspeed(accelerator, micro_batch, cfg.train.grad_accum, cfg.train.grad_clip, policy.hidden_size)
     # The scheduler is stepped by hand: accelerate's wrapper would step it once per process.
     policy, optimizer = accelerator.prepare(policy, optimizer)
     loaders = _Loaders(cfg, index, tokenizer, rank, world, start_step * cfg.train.grad_accum)
     if resume is not None:
+        if dist.is_sharded(accelerator):
+            accelerator.load_state(str(resume.path / SHARDED_STATE), load_module_strict=False) \
+                if dist.is_deepspeed(accelerator) else accelerator.load_state(str(resume.path / SHARDED_STATE))
         # Restored last: building DataLoader iterators draws from the torch RNG.
         rngs = state["rng"]
         ckpt.set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+    record_rank(accelerator, run_dir, loaders)
 
     tracker = Tracker(cfg.tracking.uri, experiment, enabled=cfg.tracking.enabled and accelerator.is_main_process)
     run_id = tracker.start(run_name, run_id=run_id, tags={"recipe": cfg.recipe, "dataset": index.dataset_id,
                                                           "backbone": cfg.model.backbone})
-    heldout = cfg.text.heldout_source or (cfg.text.source if cfg.loss.language_weight > 0 else None)
-    if resume is None and heldout and cfg.text.heldout_blocks > 0 and accelerator.is_main_process:
-        from lamo_scale.model.perplexity import check_backbone
-
-        unwrapped = accelerator.unwrap_model(policy)
-        tracker.log_metrics(check_backbone(unwrapped.causal_lm, tokenizer, heldout, cfg.model.pretrained, min(cfg.text.block_size, 512),
-                                           cfg.text.heldout_blocks), step=0)
+    if backbone_metrics:
+        tracker.log_metrics(backbone_metrics, step=0)
     if resume is None and tracker.enabled:
         tracker.log_params(flatten(cfg))
         tracker.log_text(dump_yaml(cfg), "config.yaml")
-        trainable_n, total_n = accelerator.unwrap_model(policy).parameter_counts()
+        info = dist.describe(accelerator)
         tracker.log_params({"policy.trainable_params": trainable_n, "policy.total_params": total_n,
+                            "dist.world_size": info["world_size"], "dist.mode": info["mode"],
+                            "dist.zero_stage": info["zero_stage"],
                             "data.episodes": len(index.episode_lengths), "data.steps": index.num_steps,
                             "text.corpus": corpus_fingerprint(cfg.text.source) if loaders.text is not None else "none"})
     if accelerator.is_main_process:
@@ -212,6 +227,9 @@ def train(cfg: Config) -> TrainResult:
     try:
         _loop(cfg, accelerator, policy, optimizer, scheduler, loaders, tracker, meta, result, start_step)
         status = "FINISHED"
+    except Preempted:
+        status = "KILLED"
+        raise
     finally:
         tracker.end(status)
     return result
@@ -229,22 +247,44 @@ def load_trainable(policy, weights: dict[str, torch.Tensor], source) -> None:
         raise ckpt.CheckpointError(f"checkpoint {source}: unexpected keys {result.unexpected_keys[:5]}")
 
 
-def _save(cfg, accelerator, policy, optimizer, scheduler, meta, result, step, tracker) -> None:
-    rngs = [ckpt.rng_state()]
-    if accelerator.num_processes > 1:
-        from accelerate.utils import gather_object
+def record_rank(accelerator, run_dir: Path, loaders: "_Loaders") -> None:
+    """Write ``run_dir/dist/rank-<r>.json``: what this rank joined and the first data it reads."""
+    info = dist.describe(accelerator)
+    info["first_segment_ends"] = loaders.segments.ends_for(loaders.segments.start_micro_batch).tolist()
+    path = run_dir / "dist" / f"rank-{info['rank']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(info, indent=1))
 
-        rngs = gather_object([ckpt.rng_state()])
+
+def _save(cfg, accelerator, policy, optimizer, scheduler, meta, result, step, tracker) -> None:
+    """Every rank takes part (gathers are collectives); rank 0 commits the directory."""
+    from accelerate.utils import gather_object
+
+    checkpoints = result.run_dir / "checkpoints"
+    staging = ckpt.staging_dir(checkpoints, step)
     if accelerator.is_main_process:
-        weights = accelerator.unwrap_model(policy).trainable_state_dict()
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs,
-                 "step": step}
-        path = ckpt.save_checkpoint(result.run_dir / "checkpoints", step, weights, state, meta,
-                                    keep=cfg.train.keep_checkpoints)
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    rngs = gather_object([ckpt.rng_state()]) if accelerator.num_processes > 1 else [ckpt.rng_state()]
+    weights = dist.gather_trainable(accelerator, policy)
+    optimizer_state = None
+    if dist.is_sharded(accelerator):
+        kwargs = {"exclude_frozen_parameters": True} if dist.is_deepspeed(accelerator) else {}
+        accelerator.save_state(str(staging / SHARDED_STATE), **kwargs)
+    else:
+        optimizer_state = optimizer.state_dict()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": rngs, "step": step}
+        path = ckpt.commit_checkpoint(staging, step, weights, state, meta, keep=cfg.train.keep_checkpoints)
         tracker.log_artifacts(path, f"checkpoints/{path.name}")
         tracker.set_tags({"last_checkpoint_step": step, "last_checkpoint": str(path.resolve())})
         result.checkpoint = path
     accelerator.wait_for_everyone()
+    result.checkpoint = checkpoints / ckpt.step_dir_name(step)
 
 
 def _loop(cfg, accelerator, policy, optimizer, scheduler, loaders, tracker, meta, result, start_step) -> None:
@@ -255,60 +295,97 @@ def _loop(cfg, accelerator, policy, optimizer, scheduler, loaders, tracker, meta
     bar = tqdm(total=cfg.train.steps, initial=start_step, desc="train", unit="step",
                disable=not accelerator.is_main_process, dynamic_ncols=True)
     window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
+    preemption = PreemptionFlag()
     step = start_step
-    while step < cfg.train.steps:
-        policy.train()
-        sums = {"loss": 0.0, "action_loss": 0.0, "language_loss": 0.0}
-        for micro in range(cfg.train.grad_accum):
-            batch = _to_device(next(loaders.rl), device)
-            text = _to_device(next(loaders.text), device) if loaders.text is not None else None
-            sync = micro == cfg.train.grad_accum - 1
-            ctx = accelerator.no_sync(policy) if not sync and accelerator.num_processes > 1 else _null()
-            with ctx, accelerator.autocast():
-                out = policy(**batch, text_ids=text, language_weight=lam)
-                loss = out["loss"] / cfg.train.grad_accum
-            accelerator.backward(loss)
-            for key in sums:
-                if key in out:
-                    sums[key] += out[key].detach().float().item() / cfg.train.grad_accum
-            window_samples += batch["states"].shape[0] * accelerator.num_processes
-            window_tokens += (3 * k * batch["states"].shape[0]
-                              + (text.numel() if text is not None else 0)) * accelerator.num_processes
-        if not math.isfinite(sums["loss"]):
-            raise NonFiniteLossError(
-                f"non-finite loss at step {step + 1}: loss={sums['loss']}, action_loss={sums['action_loss']}, "
-                f"language_loss={sums['language_loss']}, lr={scheduler.get_last_lr()[0]:.3g}. Stopped without "
-                f"saving; last good checkpoint: {result.checkpoint}. Try a lower train.lr, train.grad_clip, or "
-                f"mixed_precision=no.")
-        grad_norm = accelerator.clip_grad_norm_(trainable, cfg.train.grad_clip if cfg.train.grad_clip > 0 else 1e12)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        result.losses.append(sums["loss"])
-        result.steps_done = step
-        bar.update(1)
-        bar.set_postfix(loss=f"{sums['loss']:.4f}")
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-            elapsed = max(time.perf_counter() - window_start, 1e-9)
-            metrics = {"train/loss": sums["loss"], "train/action_loss": sums["action_loss"],
-                       "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
-                       "train/samples_per_s": window_samples / elapsed, "train/tokens_per_s": window_tokens / elapsed}
-            if loaders.text is not None:
-                metrics["train/language_loss"] = sums["language_loss"]
-            tracker.log_metrics(metrics, step)
-            window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
-        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-            _save(cfg, accelerator, policy, optimizer, scheduler, meta, result, step, tracker)
-    bar.close()
+    try:
+        while step < cfg.train.steps:
+            policy.train()
+            sums = torch.zeros(3, dtype=torch.float64)
+            grad_norm = None
+            for _ in range(cfg.train.grad_accum):
+                batch = _to_device(next(loaders.rl), device)
+                text = _to_device(next(loaders.text), device) if loaders.text is not None else None
+                valid = _mean_valid_steps(accelerator, batch["attention_mask"])
+                with accelerator.accumulate(policy), accelerator.autocast():
+                    out = policy(**batch, text_ids=text, language_weight=lam, valid_steps=valid)
+                    accelerator.backward(out["loss"])
+                    if accelerator.sync_gradients and cfg.train.grad_clip > 0:
+                        grad_norm = accelerator.clip_grad_norm_(trainable, cfg.train.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                sums += torch.tensor([out["loss"].item(), out["action_loss"].item(),
+                                      out["language_loss"].item() if "language_loss" in out else 0.0],
+                                     dtype=torch.float64) / cfg.train.grad_accum
+                n = batch["states"].shape[0] * accelerator.num_processes
+                window_samples += n
+                window_tokens += 3 * k * n + (text.numel() * accelerator.num_processes if text is not None else 0)
+            scheduler.step()
+            # One small all-reduce: the global mean losses, and whether any rank was asked to stop.
+            flags = torch.tensor([*sums.tolist(), float(preemption.requested)], dtype=torch.float64)
+            reduced = _all_reduce_mean_max(accelerator, flags)
+            loss, action_loss, language_loss, stop = reduced.tolist()
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {step + 1}: loss={loss}, action_loss={action_loss}, "
+                    f"language_loss={language_loss}, lr={scheduler.get_last_lr()[0]:.3g}. Stopped without "
+                    f"saving; last good checkpoint: {result.checkpoint}. Try a lower train.lr, train.grad_clip, or "
+                    f"mixed_precision=no.")
+            step += 1
+            result.losses.append(loss)
+            result.steps_done = step
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
+                norm = grad_norm if grad_norm is not None else _engine_grad_norm(policy)
+                metrics = {"train/loss": loss, "train/action_loss": action_loss, "train/lr": scheduler.get_last_lr()[0],
+                           "train/samples_per_s": window_samples / elapsed, "train/tokens_per_s": window_tokens / elapsed}
+                if norm is not None:
+                    metrics["train/grad_norm"] = float(norm)
+                if loaders.text is not None:
+                    metrics["train/language_loss"] = language_loss
+                tracker.log_metrics(metrics, step)
+                window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
+            if stop > 0 or step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+                _save(cfg, accelerator, policy, optimizer, scheduler, meta, result, step, tracker)
+            if stop > 0 and step < cfg.train.steps:
+                log.warning("preempted: checkpoint for step %d written, exiting for requeue", step)
+                raise Preempted(step)
+    finally:
+        preemption.close()
+        bar.close()
 
 
-class _null:
-    def __enter__(self):
-        return self
+def _all_reduce_mean_max(accelerator, values: torch.Tensor) -> torch.Tensor:
+    """Mean of all but the last entry across ranks; max of the last (a stop flag)."""
+    if accelerator.num_processes == 1:
+        return values
+    import torch.distributed as tdist
 
-    def __exit__(self, *exc):
-        return False
+    t = values.to(accelerator.device, dtype=torch.float32 if accelerator.device.type == "mps" else torch.float64)
+    means = t[:-1].clone()
+    flag = t[-1:].clone()
+    tdist.all_reduce(means, op=tdist.ReduceOp.SUM)
+    tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
+    return torch.cat([means / accelerator.num_processes, flag]).cpu().double()
+
+
+def _mean_valid_steps(accelerator, mask: torch.Tensor) -> Optional[torch.Tensor]:
+    """Unpadded steps in the global micro-batch divided by the world size (None on one process)."""
+    if accelerator.num_processes == 1:
+        return None
+    import torch.distributed as tdist
+
+    count = mask.sum().to(torch.float64 if accelerator.device.type == "cpu" else torch.float32)
+    tdist.all_reduce(count, op=tdist.ReduceOp.SUM)
+    return count / accelerator.num_processes
+
+
+def _engine_grad_norm(policy) -> Optional[float]:
+    """DeepSpeed clips inside its engine; read the norm it computed."""
+    get = getattr(policy, "get_global_grad_norm", None)
+    value = get() if get is not None else None
+    return None if value is None else float(value)
 
 
 def build_arg_parser(prog: str = "lamo-scale train") -> argparse.ArgumentParser:

@@ -89,8 +89,29 @@ def _load_error(name: str, err: Exception) -> BackboneError:
         + ("\nHF_HUB_OFFLINE is set: hub ids resolve only from the local cache." if offline else ""))
 
 
+def set_dropout(lm: PreTrainedModel, p: float) -> None:
+    """Set every dropout inside ``lm``: nn.Dropout modules and config fields read functionally."""
+    for module in lm.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+    for key in list(vars(lm.config)):
+        if key.endswith(("_pdrop", "_dropout")) and isinstance(getattr(lm.config, key), float):
+            setattr(lm.config, key, p)
+    for module in lm.modules():  # attention modules that copied the config value at init
+        for attr in ("attention_dropout", "dropout"):
+            if isinstance(getattr(module, attr, None), float):
+                setattr(module, attr, p)
+
+
 def load_backbone(cfg: ModelConfig, seed: int = 0):
     """Return ``(causal_lm, tokenizer)`` for ``cfg.backbone`` (weights random if not pretrained)."""
+    lm, tokenizer = _load(cfg, seed)
+    if cfg.backbone_dropout is not None:
+        set_dropout(lm, cfg.backbone_dropout)
+    return lm, tokenizer
+
+
+def _load(cfg: ModelConfig, seed: int):
     torch.manual_seed(seed)
     if cfg.backbone in TINY_BACKBONES:
         if cfg.pretrained:

@@ -84,6 +84,11 @@ class LaMoPolicy(nn.Module):
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
     @property
+    def _no_split_modules(self):
+        """The backbone's block classes (FSDP's transformer auto-wrap reads this)."""
+        return getattr(self.causal_lm, "_no_split_modules", None)
+
+    @property
     def transformer(self) -> nn.Module:
         """The backbone's transformer stack without the LM head (GPT2Model, LlamaModel, ...)."""
         return self.causal_lm.base_model
@@ -113,16 +118,20 @@ class LaMoPolicy(nn.Module):
 
     def forward(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
                 timesteps: torch.Tensor, attention_mask: torch.Tensor, text_ids: torch.Tensor | None = None,
-                language_weight: float = 0.0) -> dict[str, torch.Tensor]:
+                language_weight: float = 0.0, valid_steps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The training objective in ONE forward call: action MSE + ``language_weight`` × LM loss.
 
         One call per backward keeps DDP/ZeRO/FSDP hooks happy (two forwards then one backward
         is a known ZeRO-3 failure mode). ``text_ids=None`` runs no LM forward at all.
+        ``valid_steps`` is the number of unpadded steps the action MSE is averaged over; the
+        trainer passes the global count divided by the world size, so that the ranks' mean
+        loss (what DDP's gradient averaging optimises) is exactly the one-process loss.
         """
         pred = self.predict_actions(states, actions, returns_to_go, timesteps, attention_mask)
         mask = attention_mask.unsqueeze(-1).to(pred.dtype)
         err = ((pred.float() - actions.float()) ** 2) * mask
-        action_loss = err.sum() / (mask.sum() * self.act_dim).clamp_min(1.0)
+        denom = mask.sum() if valid_steps is None else valid_steps.to(err.dtype)
+        action_loss = err.sum() / (denom * self.act_dim).clamp_min(1.0)
         out = {"action_loss": action_loss, "loss": action_loss}
         if text_ids is not None and language_weight > 0:
             language_loss = self.causal_lm(input_ids=text_ids, labels=text_ids, use_cache=False).loss.float()
