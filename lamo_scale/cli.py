@@ -90,11 +90,12 @@ def results_table(report) -> str:
 
 def cmd_recipes(args: argparse.Namespace) -> int:
     """``lamo-scale recipes``: the packaged training recipes and the first line of each."""
-    from lamo_scale.config import RECIPES_DIR
+    from lamo_scale.config import RECIPES_DIR, packaged_recipes
 
-    for path in sorted(RECIPES_DIR.glob("*.yaml")):
-        first = next((ln.strip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
-        print(f"{path.stem:<28} {first}")
+    for name in packaged_recipes():
+        lines = (RECIPES_DIR / f"{name}.yaml").read_text().splitlines()
+        about = next((ln.strip("# ").strip() for ln in lines[1:] if ln.startswith("#")), "")
+        print(f"{name:<40} {about}")
     return 0
 
 

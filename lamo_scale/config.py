@@ -94,8 +94,8 @@ class DataConfig:
 class TextConfig:
     """Text for the auxiliary language-modelling loss (read only when loss.language_weight > 0)."""
 
-    source: str = "builtin:lamo-docs"
-    """Local text file/dir, a hub dataset id (wikitext:wikitext-103-raw-v1), or builtin:lamo-docs."""
+    source: str = "auto"
+    """Local text file/dir, hub dataset (wikitext:wikitext-103-raw-v1), builtin:python-docs|python-docstrings, or auto."""
     split: str = "train"
     """Dataset split for hub datasets."""
     text_field: str = "text"
@@ -350,15 +350,21 @@ def _validate(cfg: Config) -> None:
                           "would have no trainable backbone weights to act on; set loss.language_weight=0")
 
 
-def load_config(recipe: Optional[str | Path] = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
-    """Build a validated :class:`Config` from an optional YAML recipe plus dotted overrides."""
+def load_config(recipe: Optional[str | Path | list] = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
+    """Build a validated :class:`Config` from optional YAML recipe(s) plus dotted overrides.
+
+    Several recipes merge left to right (``--config task --config ablations/no-language``);
+    the config's ``recipe`` name joins their names with ``+``.
+    """
     tree: dict = {}
-    name = "custom"
-    if recipe is not None:
-        path = resolve_recipe(recipe)
-        name = path.stem
-        tree = read_recipe(path)
-    tree.setdefault("recipe", name)
+    recipes = [] if recipe is None else [recipe] if isinstance(recipe, (str, Path)) else list(recipe)
+    names = []
+    for item in recipes:
+        path = resolve_recipe(item)
+        names.append(recipe_name(path))
+        tree = _merge(tree, read_recipe(path))
+    tree.pop("recipe", None)
+    tree["recipe"] = "+".join(names) if names else "custom"
     for item in overrides:
         apply_override(tree, item)
     cfg = _build(Config, tree)
@@ -377,18 +383,34 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def read_recipe(path: Path, _seen: tuple = ()) -> dict:
-    """A recipe's YAML as a dict, with ``base: <recipe>`` resolved (the file's keys win)."""
+    """A recipe's YAML as a dict, with ``base: name`` (or a list of names) merged underneath it."""
     if path.resolve() in _seen:
         raise ConfigError(f"recipe {path} inherits from itself through 'base'")
     with open(path) as f:
         tree = yaml.safe_load(f) or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"recipe {path} must be a YAML mapping, got {type(tree).__name__}")
-    base = tree.pop("base", None)
-    if base is None:
-        return tree
-    base_path = path.parent / f"{base}.yaml" if (path.parent / f"{base}.yaml").is_file() else resolve_recipe(base)
-    return _merge(read_recipe(base_path, _seen + (path.resolve(),)), tree)
+    bases = tree.pop("base", None) or []
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        sibling = path.parent / f"{base}.yaml"
+        base_path = sibling if sibling.is_file() else resolve_recipe(base)
+        merged = _merge(merged, read_recipe(base_path, _seen + (path.resolve(),)))
+    return _merge(merged, tree)
+
+
+def packaged_recipes() -> list[str]:
+    """Names of the packaged recipes (``paper/hopper-medium-r0.1-lamo``), without ``_`` bases."""
+    return sorted(str(p.relative_to(RECIPES_DIR).with_suffix("")) for p in RECIPES_DIR.rglob("*.yaml")
+                  if not p.name.startswith("_"))
+
+
+def recipe_name(path: Path) -> str:
+    """A recipe's name: its path under the packaged recipes dir, else its file stem."""
+    try:
+        return str(path.resolve().relative_to(RECIPES_DIR.resolve()).with_suffix(""))
+    except ValueError:
+        return path.stem
 
 
 def resolve_recipe(recipe: str | Path) -> Path:
@@ -396,11 +418,14 @@ def resolve_recipe(recipe: str | Path) -> Path:
     path = Path(recipe)
     if path.is_file():
         return path
-    packaged = RECIPES_DIR / f"{path.stem}.yaml"
-    if packaged.is_file() and (path.suffix in ("", ".yaml") and len(path.parts) <= 3):
-        return packaged
-    known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
-    raise ConfigError(f"recipe '{recipe}' not found; give a YAML path or one of: {', '.join(known)}")
+    name = str(recipe)[:-5] if str(recipe).endswith(".yaml") else str(recipe)
+    for candidate in (RECIPES_DIR / f"{name}.yaml", RECIPES_DIR / f"{Path(name).name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    close = difflib.get_close_matches(name, packaged_recipes(), n=3)
+    hint = f" Close: {', '.join(close)}." if close else ""
+    raise ConfigError(f"recipe '{recipe}' not found; give a YAML path or a packaged recipe name "
+                      f"(lamo-scale recipes lists them).{hint}")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -30,7 +30,7 @@ from lamo_scale import distributed as dist
 from lamo_scale.preemption import Preempted, PreemptionFlag
 from lamo_scale.config import Config, ConfigError, dump_yaml, flatten, load_config, to_dict
 from lamo_scale.data.segments import SegmentStream
-from lamo_scale.data.text import TextBlockStream, corpus_fingerprint
+from lamo_scale.data.text import TextBlockStream, corpus_fingerprint, resolve_source
 from lamo_scale.data.trajectories import TrajectoryIndex, load_trajectories, open_dataset
 from lamo_scale.envs.scores import reference_scores
 from lamo_scale.model import build_policy
@@ -213,7 +213,8 @@ def train(cfg: Config) -> TrainResult:
                             "dist.world_size": info["world_size"], "dist.mode": info["mode"],
                             "dist.zero_stage": info["zero_stage"],
                             "data.episodes": len(index.episode_lengths), "data.steps": index.num_steps,
-                            "text.corpus": corpus_fingerprint(cfg.text.source) if loaders.text is not None else "none"})
+                            "text.corpus": corpus_fingerprint(resolve_source(cfg.text.source))
+                            if loaders.text is not None else "none"})
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
@@ -397,7 +398,9 @@ def build_arg_parser(prog: str = "lamo-scale train") -> argparse.ArgumentParser:
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a LaMo policy from a recipe, with dotted overrides (key=value).",
         epilog="options (set in the recipe YAML or as key=value overrides):\n" + "\n".join(lines))
-    parser.add_argument("--config", "-c", help="recipe YAML path or packaged recipe name (lamo-scale recipes)")
+    parser.add_argument("--config", "-c", action="append",
+                        help="recipe YAML path or packaged recipe name (lamo-scale recipes); repeat to merge "
+                             "left to right, e.g. --config paper/hopper-medium-r0.1-lamo --config ablations/no-language")
     parser.add_argument("--resume", help="checkpoint or run dir to resume ('auto': latest in the run dir)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=200 model.lora.rank=8")
     return parser

@@ -69,5 +69,26 @@ def test_accelerate_launch_trains_and_evaluate_cli_reports(tmp_path, reacher_dat
 def test_recipes_listed_with_their_command(tmp_path):
     out = run([str(BIN / "lamo-scale"), "recipes"], tmp_path)
     assert "quickstart" in out.stdout and "quickstart-dt" in out.stdout
-    for path in (REPO / "lamo_scale" / "recipes").glob("*.yaml"):
-        assert path.read_text().startswith("# lamo-scale train --config") or path.read_text().startswith("# accelerate launch")
+    assert "paper/hopper-medium-r0.01-lamo" in out.stdout and "ablations/no-language" in out.stdout
+    for path in (REPO / "lamo_scale" / "recipes").rglob("*.yaml"):
+        if not path.name.startswith("_"):
+            assert path.read_text().startswith("# lamo-scale train --config"), path
+
+
+def test_paper_grid_is_generated_and_every_recipe_loads():
+    from lamo_scale.config import load_config, packaged_recipes
+
+    check = subprocess.run([sys.executable, str(REPO / "scripts" / "make_recipes.py"), "--check"],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    names = packaged_recipes()
+    assert len([n for n in names if n.startswith("paper/")]) == 3 * 3 * 3 * 2 + 3 * 2 + 3 * 2
+    for name in names:
+        load_config(name)
+    lamo = load_config("paper/walker2d-medium-replay-r0.01-lamo")
+    dt = load_config("paper/walker2d-medium-replay-r0.01-dt")
+    assert (lamo.model.finetune, lamo.model.embedding, lamo.loss.language_weight) == ("lora", "mlp", 0.1)
+    assert (dt.model.finetune, dt.model.embedding, dt.loss.language_weight, dt.model.pretrained) == \
+        ("full", "linear", 0.0, False)
+    assert lamo.data.dataset == "lamo/walker2d/medium-replay-like-v0" and lamo.data.data_ratio == 0.01
+    assert lamo.eval.target_returns == [5000, 4000, 3000, 2500]

@@ -57,8 +57,10 @@ def test_impossible_combinations_refused():
 
 
 def test_missing_recipe_lists_known():
-    with pytest.raises(ConfigError, match="quickstart"):
+    with pytest.raises(ConfigError, match="lamo-scale recipes lists them"):
         load_config("no-such-recipe")
+    with pytest.raises(ConfigError, match="Close: quickstart"):
+        load_config("quickstrat")
 
 
 def test_roundtrip_and_flatten():
@@ -73,3 +75,21 @@ def test_every_option_documented():
     assert len(rows) > 40
     undocumented = [key for key, _, _, doc in rows if not doc]
     assert undocumented == []
+
+
+def test_several_recipes_merge_left_to_right(tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("model:\n  embedding: linear\ntrain:\n  steps: 7\n")
+    cfg = load_config(["quickstart", str(overlay)], ["train.steps=9"])
+    assert cfg.recipe == "quickstart+overlay"
+    assert cfg.model.embedding == "linear" and cfg.train.steps == 9 and cfg.data.context_len == 5
+
+
+def test_base_inheritance_and_cycles(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b\ntrain: {steps: 3}\n")
+    (tmp_path / "b.yaml").write_text("base: quickstart\ntrain: {steps: 5, lr: 0.5}\n")
+    cfg = load_config(str(tmp_path / "a.yaml"))
+    assert cfg.train.steps == 3 and cfg.train.lr == 0.5 and cfg.data.context_len == 5
+    (tmp_path / "c.yaml").write_text("base: c\n")
+    with pytest.raises(ConfigError, match="inherits from itself"):
+        load_config(str(tmp_path / "c.yaml"))

@@ -6,8 +6,13 @@ Sources (``text.source``):
   the ``datasets`` "text" builder;
 * a hub dataset ``name`` or ``name:config`` (e.g. ``wikitext:wikitext-103-raw-v1``),
   streamed with ``datasets.load_dataset(..., streaming=True)``;
+* ``builtin:python-docs``: the Python 3.11 documentation (tutorial, how-tos, library
+  reference: ~12 MB of English reST) from Debian's ``python3.11-doc`` package, fetched once
+  with ``apt-get download`` (no install, no root needed beyond apt's cache) and cached;
 * ``builtin:python-docstrings``: the docstrings of this Python's standard library, extracted
-  with ``ast`` (no imports) into a cached file — real English prose that every machine has.
+  with ``ast`` (no imports) into a cached file — real English prose that every machine has;
+* ``auto``: WikiText-103 from the hub when online (the paper's corpus), else
+  ``builtin:python-docs``, else ``builtin:python-docstrings`` — the log says which.
 
 Tokens of consecutive records are concatenated (a newline between records) and cut into
 blocks of ``block_size``. Block ``j`` of the stream belongs to rank ``j mod W``; within a
@@ -32,7 +37,8 @@ from lamo_scale.model.tokenizer import ByteTokenizer
 log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt", ".tokens", ".md", ".rst", ".raw")
-BUILTIN_SOURCES = ("builtin:python-docstrings",)
+BUILTIN_SOURCES = ("builtin:python-docs", "builtin:python-docstrings")
+WIKITEXT = "wikitext:wikitext-103-raw-v1"
 
 
 def cache_dir() -> Path:
@@ -67,6 +73,56 @@ def python_docstrings_corpus() -> Path:
     return out
 
 
+def python_docs_corpus() -> Path:
+    """Fetch (once) Debian's python3.11-doc and return a text file of its reST sources."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    out = cache_dir() / "python-docs.txt"
+    if out.exists():
+        return out
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise FileNotFoundError("builtin:python-docs needs apt-get and dpkg-deb (Debian/Ubuntu)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for package in ("python3.11-doc", "python3-doc"):
+            got = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True)
+            debs = list(Path(tmp).glob("*.deb"))
+            if got.returncode == 0 and debs:
+                break
+        else:
+            raise FileNotFoundError(f"apt-get download python3.11-doc failed: {got.stderr.strip()[-300:]}")
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(Path(tmp) / "x")], check=True)
+        sources = sorted((Path(tmp) / "x").rglob("_sources/**/*.rst.txt"))
+        keep = [p for p in sources if "whatsnew" not in p.parts and "c-api" not in p.parts]
+        text = "\n\n".join(p.read_text(encoding="utf-8", errors="replace") for p in keep)
+    tmp_out = out.with_suffix(".tmp")
+    tmp_out.write_text(text, encoding="utf-8")
+    os.replace(tmp_out, out)
+    log.info("cached %d files (%.1f MB) of the Python documentation as %s", len(keep), len(text) / 1e6, out)
+    return out
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def resolve_source(source: str) -> str:
+    """The concrete text source for ``source`` (``auto`` picks one and logs why)."""
+    if source != "auto":
+        return source
+    if not _hub_offline():
+        log.info("text for the language loss: %s (the paper's WikiText-103, streamed from the hub)", WIKITEXT)
+        return WIKITEXT
+    try:
+        python_docs_corpus()
+        log.info("text for the language loss: builtin:python-docs (offline: Debian's python3.11-doc)")
+        return "builtin:python-docs"
+    except (FileNotFoundError, OSError) as err:
+        log.info("text for the language loss: builtin:python-docstrings (offline; python-docs unavailable: %s)", err)
+        return "builtin:python-docstrings"
+
+
 def text_files(source: str) -> list[str]:
     """The text files of a local file/dir source, sorted."""
     path = Path(source).expanduser()
@@ -82,8 +138,11 @@ def open_text_records(source: str, split: str = "train", text_field: str = "text
     """An iterable of text records (lines or documents) for ``source``."""
     import datasets
 
+    source = resolve_source(source)
     if source == "builtin:python-docstrings":
         source = str(python_docstrings_corpus())
+    elif source == "builtin:python-docs":
+        source = str(python_docs_corpus())
     elif source.startswith("builtin:"):
         raise ValueError(f"unknown built-in text source '{source}'; known: {', '.join(BUILTIN_SOURCES)}")
     if Path(source).expanduser().exists():
