@@ -303,10 +303,10 @@ def _loop(cfg, accelerator, policy, optimizer, scheduler, loaders, tracker, meta
             policy.train()
             sums = torch.zeros(3, dtype=torch.float64)
             grad_norm = None
-            for _ in range(cfg.train.grad_accum):
-                batch = _to_device(next(loaders.rl), device)
+            micro_batches = [_to_device(next(loaders.rl), device) for _ in range(cfg.train.grad_accum)]
+            valid = _mean_valid_steps(accelerator, [b["attention_mask"] for b in micro_batches])
+            for batch in micro_batches:
                 text = _to_device(next(loaders.text), device) if loaders.text is not None else None
-                valid = _mean_valid_steps(accelerator, batch["attention_mask"])
                 with accelerator.accumulate(policy), accelerator.autocast():
                     out = policy(**batch, text_ids=text, language_weight=lam, valid_steps=valid)
                     accelerator.backward(out["loss"])
@@ -371,15 +371,19 @@ def _all_reduce_mean_max(accelerator, values: torch.Tensor) -> torch.Tensor:
     return torch.cat([means / accelerator.num_processes, flag]).cpu().double()
 
 
-def _mean_valid_steps(accelerator, mask: torch.Tensor) -> Optional[torch.Tensor]:
-    """Unpadded steps in the global micro-batch divided by the world size (None on one process)."""
-    if accelerator.num_processes == 1:
+def _mean_valid_steps(accelerator, masks: list[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Unpadded steps of one optimizer step's whole batch (all ranks, all micro-batches) divided by
+    ranks x micro-batches: normalising every micro-batch's action loss by it makes the step's loss
+    and gradient exactly those of one big batch (None when there is a single micro-batch)."""
+    parts = accelerator.num_processes * len(masks)
+    if parts == 1:
         return None
-    import torch.distributed as tdist
+    count = sum(m.sum() for m in masks).to(torch.float64 if accelerator.device.type == "cpu" else torch.float32)
+    if accelerator.num_processes > 1:
+        import torch.distributed as tdist
 
-    count = mask.sum().to(torch.float64 if accelerator.device.type == "cpu" else torch.float32)
-    tdist.all_reduce(count, op=tdist.ReduceOp.SUM)
-    return count / accelerator.num_processes
+        tdist.all_reduce(count, op=tdist.ReduceOp.SUM)
+    return count / parts
 
 
 def _engine_grad_norm(policy) -> Optional[float]:

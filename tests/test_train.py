@@ -152,3 +152,27 @@ def test_no_text_read_without_language_loss(straight_run, reacher_dataset):
     result = train(make_cfg(tmp, reacher_dataset, "/no/such/text/file", "tracking.run_name=nolm",
                             "loss.language_weight=0", "train.steps=2"))
     assert result.steps_done == 2
+
+
+def test_kill_and_resume_2k_to_4k_equals_the_uninterrupted_run(tmp_path, reacher_dataset):
+    """The issue's exact-resume check at its stated length: (2k steps, stop, resume, to 4k) ==
+    4k uninterrupted, step by step — optimizer, scheduler, RNG and stream positions restored."""
+    common = ["model.tiny_layers=1", "model.tiny_width=16", "loss.language_weight=0", "train.batch_size=4",
+              "train.log_every=1000", "train.checkpoint_every=2000", "train.warmup_steps=500",
+              "tracking.enabled=false", "data.context_len=3"]
+    straight = train(make_cfg(tmp_path, reacher_dataset, "unused", "tracking.run_name=long", "train.steps=4000",
+                              *common))
+    first = train(make_cfg(tmp_path, reacher_dataset, "unused", "tracking.run_name=long-split", "train.steps=2000",
+                           *common))
+    second = train(make_cfg(tmp_path, reacher_dataset, "unused", "tracking.run_name=long-split", "train.steps=4000",
+                            "train.resume=auto", *common))
+    assert len(straight.losses) == 4000 and len(second.losses) == 2000
+    assert first.losses + second.losses == straight.losses
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path, reacher_dataset):
+    common = ["loss.language_weight=0", "model.lora.dropout=0", "model.backbone_dropout=0", "train.steps=4",
+              "tracking.enabled=false", "train.batch_size=8"]
+    one = train(make_cfg(tmp_path, reacher_dataset, "unused", "tracking.run_name=acc1", *common))
+    four = train(make_cfg(tmp_path, reacher_dataset, "unused", "tracking.run_name=acc4", "train.grad_accum=4", *common))
+    np.testing.assert_allclose(four.losses, one.losses, rtol=1e-5)

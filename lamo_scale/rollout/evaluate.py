@@ -30,6 +30,24 @@ def target_key(target: float) -> str:
     return str(int(target)) if float(target).is_integer() else f"{target:g}"
 
 
+BEST_METRIC = "eval/best_normalized_score"
+"""Per checkpoint: the normalised score at its best target return (the paper's rule)."""
+
+
+def normalized_key(target: str) -> str:
+    """Metric name of the normalised score at a target key (see :func:`target_key`)."""
+    return f"eval/{target}/normalized_score"
+
+
+def eval_metrics(summaries: dict[float, dict[str, float]], best: Optional[float] = None) -> dict[str, float]:
+    """MLflow metric names and values of per-target summaries (plus the best score, if given)."""
+    metrics = {f"eval/{target_key(t)}/{name}": v for t, s in summaries.items() for name, v in s.items()
+               if name != "episodes"}
+    if best is not None:
+        metrics[BEST_METRIC] = best
+    return metrics
+
+
 def load_policy(checkpoint: ckpt.Checkpoint, device: str = "cpu"):
     """Rebuild the policy a checkpoint was trained with and load its weights (verified)."""
     from lamo_scale.train import load_trainable
@@ -91,12 +109,7 @@ def evaluate_checkpoint(ref: str | Path | ckpt.Checkpoint, episodes: Optional[in
     if log_to_mlflow and run_id:
         tracker = Tracker(tracking_uri or meta["tracking_uri"], meta.get("experiment", "default"))
         tracker.run_id = run_id
-        metrics = {f"eval/{target_key(t)}/{name}": v for t, s in summaries.items() for name, v in s.items()
-                   if name != "episodes"}
-        best = report.best_normalized()
-        if best is not None:
-            metrics["eval/best_normalized_score"] = best
-        tracker.log_metrics(metrics, step=checkpoint.step)
+        tracker.log_metrics(eval_metrics(summaries, report.best_normalized()), step=checkpoint.step)
         if not tracker.flush():
             log.warning("evaluation metrics for %s could not be sent to MLflow", checkpoint.path)
     return report
