@@ -5,6 +5,8 @@
     lamo-scale datasets
     lamo-scale train --config quickstart train.steps=200
     lamo-scale evaluate --checkpoint runs/quickstart/<run>/ --episodes 20
+    lamo-scale rollout --tracking-uri http://127.0.0.1:5000 --experiment quickstart --workers 2 --watch
+    lamo-scale report --experiment quickstart --plot curves.png
     lamo-scale recipes
 """
 from __future__ import annotations
@@ -88,6 +90,31 @@ def results_table(report) -> str:
         rows, ["target", "normalized_score", "return_mean", "return_std", "episode_length", "episodes"])
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    """``lamo-scale rollout``: worker processes that evaluate every checkpoint of a run or experiment."""
+    from lamo_scale.rollout.worker import WorkerOptions, run_workers
+
+    if not args.experiment and not args.run_id:
+        print("error: give --experiment or --run-id", file=sys.stderr)
+        return 2
+    opts = WorkerOptions(tracking_uri=args.tracking_uri, experiment=args.experiment, run_id=args.run_id,
+                         watch=args.watch, device=args.device, episodes=args.episodes, num_envs=args.num_envs,
+                         targets=args.targets, poll_s=args.poll_s, lease_s=args.lease_s, settle_s=args.settle_s,
+                         threads=args.threads, register=not args.no_registry,
+                         **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
+    return run_workers(opts, args.workers)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``lamo-scale report``: a table of every run of an experiment and a plot of their curves."""
+    from lamo_scale.report import COLUMNS, experiment_report
+
+    rows = experiment_report(args.tracking_uri, args.experiment, args.plot)
+    print(_table(rows, COLUMNS) if rows else f"no runs in experiment {args.experiment}")
+    print(f"plot: {args.plot}")
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     """``lamo-scale recipes``: the packaged training recipes and the first line of each."""
     from lamo_scale.config import RECIPES_DIR, packaged_recipes
@@ -160,6 +187,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="act under bfloat16 autocast")
     p.add_argument("--no-mlflow", action="store_true", help="print only; log nothing")
 
+    p = sub.add_parser("rollout", help="worker processes that evaluate checkpoints as they appear in MLflow")
+    p.add_argument("--tracking-uri", required=True, help="MLflow tracking URI the trainer logs to")
+    p.add_argument("--experiment", help="evaluate every run of this experiment")
+    p.add_argument("--run-id", help="evaluate only this run")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--watch", action="store_true", help="keep polling until the runs end and all jobs are done")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--episodes", type=int, help="episodes per target (default: the recipe's)")
+    p.add_argument("--num-envs", type=int, help="episodes run in parallel (default: the recipe's)")
+    p.add_argument("--targets", type=float, nargs="+", help="target returns (default: the run's eval.target_returns)")
+    p.add_argument("--poll-s", type=float, default=10.0, help="seconds between polls with --watch (default 10)")
+    p.add_argument("--lease-s", type=float, default=60.0, help="claim lease; a dead worker's job reopens after it")
+    p.add_argument("--settle-s", type=float, default=1.0, help="wait between writing a claim and re-reading it")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    p.add_argument("--cache-dir", help="where downloaded checkpoints go (default ~/.cache/lamo_scale/checkpoints)")
+    p.add_argument("--no-registry", action="store_true", help="do not register best checkpoints as models")
+
+    p = sub.add_parser("report", help="table of an experiment's runs and a plot of their evaluation curves")
+    p.add_argument("--experiment", required=True, help="MLflow experiment name")
+    p.add_argument("--tracking-uri", default="sqlite:///mlruns.db", help="MLflow tracking URI")
+    p.add_argument("--plot", default="eval_curves.png", help="PNG to write (default eval_curves.png)")
+
     sub.add_parser("recipes", help="list the packaged training recipes")
 
     p = sub.add_parser("quickstart", help="make a small real dataset, train, evaluate, print the results")
@@ -178,7 +227,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers = {"collect": cmd_collect, "datasets": cmd_datasets, "evaluate": cmd_evaluate,
-                "recipes": cmd_recipes, "quickstart": cmd_quickstart}
+                "recipes": cmd_recipes, "quickstart": cmd_quickstart, "rollout": cmd_rollout,
+                "report": cmd_report}
     from lamo_scale.config import ConfigError
     from lamo_scale.data.trajectories import DatasetNotFoundError
 

@@ -2,7 +2,11 @@
 
 Only the main process logs. Metric writes go through a bounded buffer: if the tracking
 server is unreachable the points are kept (up to ``max_buffered``) and retried at the next
-log call, with one warning, so a server outage never stops training.
+log call (at most every ``retry_s`` seconds), with one warning, so a server outage never
+stops training. Tags and artifact uploads that fail are queued and retried the same way;
+``end`` keeps retrying for up to ``end_wait_s`` before giving up. The MLflow HTTP client's own
+retries default to 1 here (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``; MLflow's default retries a
+dead server for minutes per call, stalling the training loop).
 """
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ from typing import Any, Optional
 log = logging.getLogger(__name__)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 def _mlflow():
@@ -27,11 +34,16 @@ def _mlflow():
 class Tracker:
     """A thin, failure-tolerant handle on one MLflow run (a no-op when disabled)."""
 
-    def __init__(self, uri: str, experiment: str, enabled: bool = True, max_buffered: int = 100_000):
+    def __init__(self, uri: str, experiment: str, enabled: bool = True, max_buffered: int = 100_000,
+                 retry_s: float = 2.0, end_wait_s: float = 60.0):
         """Track to ``uri`` under ``experiment``; nothing is logged when ``enabled`` is false."""
         self.uri, self.experiment, self.enabled = uri, experiment, enabled
         self.run_id: Optional[str] = None
         self._pending: collections.deque = collections.deque(maxlen=max_buffered)
+        self._pending_tags: dict[str, str] = {}
+        self._pending_uploads: list[tuple[str, str]] = []
+        self.retry_s, self.end_wait_s = retry_s, end_wait_s
+        self._retry_at = 0.0
         self._warned = False
         self._client = None
 
@@ -82,17 +94,33 @@ class Tracker:
         self._pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
         self.flush()
 
-    def flush(self) -> bool:
-        """Send buffered metric points; False (and points kept) if the server is unreachable."""
-        if not self.enabled or not self._pending:
+    def flush(self, force: bool = False) -> bool:
+        """Send buffered metric points, then queued uploads and tags; False (all kept) if the server
+        is unreachable. After a failure, retries wait ``retry_s`` unless ``force``."""
+        if not self.enabled or not (self._pending or self._pending_tags or self._pending_uploads):
             return True
+        if not force and time.monotonic() < self._retry_at:
+            return False
         try:
             while self._pending:
                 batch = [self._pending[i] for i in range(min(len(self._pending), 1000))]
                 self.client.log_batch(self.run_id, metrics=batch)
                 for _ in batch:
                     self._pending.popleft()
-        except Exception as err:  # any transport error: keep the points, warn once
+            while self._pending_uploads:  # in order: a checkpoint's upload precedes its tags
+                local_dir, artifact_path = self._pending_uploads[0]
+                if Path(local_dir).is_dir():
+                    self.client.log_artifacts(self.run_id, local_dir, artifact_path)
+                else:  # pruned (train.keep_checkpoints) before the server came back
+                    log.warning("not uploading %s: it no longer exists", local_dir)
+                self._pending_uploads.pop(0)
+            if self._pending_tags:
+                from mlflow.entities import RunTag
+
+                self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self._pending_tags.items()])
+                self._pending_tags.clear()
+        except Exception as err:  # any transport error: keep everything, warn once
+            self._retry_at = time.monotonic() + self.retry_s
             if not self._warned:
                 log.warning("MLflow unreachable (%s); buffering %d metric points and retrying",
                             type(err).__name__, len(self._pending))
@@ -102,29 +130,34 @@ class Tracker:
         return True
 
     def log_artifacts(self, local_dir: Path, artifact_path: str) -> None:
-        """Upload a directory as run artifacts (failures are logged, not raised)."""
+        """Upload a directory as run artifacts (queued and retried if the server is unreachable)."""
         if not self.enabled:
             return
-        try:
-            self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
-        except Exception as err:
-            log.warning("could not upload %s to MLflow: %s", local_dir, err)
+        self._pending_uploads.append((str(local_dir), artifact_path))
+        self.flush(force=True)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        """Set run tags."""
+        """Set run tags (queued and retried if the server is unreachable)."""
         if self.enabled:
-            for k, v in tags.items():
-                self.client.set_tag(self.run_id, k, str(v))
+            self._pending_tags.update({k: str(v) for k, v in tags.items()})
+            self.flush(force=True)
 
     def end(self, status: str = "FINISHED") -> None:
-        """Flush and mark the run ``FINISHED`` / ``FAILED`` / ``KILLED``."""
+        """Flush (retrying for up to ``end_wait_s``) and mark the run ``FINISHED`` / ``FAILED`` / ``KILLED``."""
         if not self.enabled or self.run_id is None:
             return
-        self.flush()
-        try:
-            self.client.set_terminated(self.run_id, status=status)
-        except Exception as err:
-            log.warning("could not close MLflow run %s: %s", self.run_id, err)
+        deadline = time.monotonic() + self.end_wait_s
+        while not self.flush(force=True) and time.monotonic() < deadline:
+            time.sleep(min(self.retry_s, max(0.0, deadline - time.monotonic())))
+        while True:
+            try:
+                self.client.set_terminated(self.run_id, status=status)
+                return
+            except Exception as err:
+                if time.monotonic() >= deadline:
+                    log.warning("could not close MLflow run %s: %s", self.run_id, err)
+                    return
+                time.sleep(self.retry_s)
 
 
 def run_url(uri: str, run_id: str) -> str:

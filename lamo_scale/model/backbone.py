@@ -103,9 +103,27 @@ def set_dropout(lm: PreTrainedModel, p: float) -> None:
                 setattr(module, attr, p)
 
 
+def fuse_activations(lm: torch.nn.Module) -> int:
+    """Swap GPT-2's Python ``gelu_new`` (six elementwise ops) for torch's fused tanh-GELU.
+
+    Same formula, one kernel: the activation was ~20 % of a tiny GPT-2 forward on CPU.
+    Returns how many modules were swapped.
+    """
+    from transformers.activations import NewGELUActivation
+
+    swapped = 0
+    for module in list(lm.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is NewGELUActivation:
+                setattr(module, name, torch.nn.GELU(approximate="tanh"))
+                swapped += 1
+    return swapped
+
+
 def load_backbone(cfg: ModelConfig, seed: int = 0):
     """Return ``(causal_lm, tokenizer)`` for ``cfg.backbone`` (weights random if not pretrained)."""
     lm, tokenizer = _load(cfg, seed)
+    fuse_activations(lm)
     if cfg.backbone_dropout is not None:
         set_dropout(lm, cfg.backbone_dropout)
     return lm, tokenizer

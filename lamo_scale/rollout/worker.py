@@ -134,34 +134,42 @@ def run_worker(opts: WorkerOptions) -> WorkerStats:
     stats = WorkerStats(owner=new_owner_id())
     while True:
         stats.rounds += 1
-        progressed = False
-        runs = jobs_mod.list_runs(client, opts.experiment, opts.run_id)
-        for mlrun in runs:
-            run = jobs_mod.read_jobs(client, mlrun, opts.targets)
-            touched = False
-            for step, target in run.pending():
-                try:
-                    if do_job(client, run, step, target, stats.owner, opts):
-                        stats.evaluated.append((run.run_id, step, target))
-                        touched = progressed = True
-                except Exception as err:  # server hiccup, bad checkpoint: retried next round
-                    log.warning("job %s step %d target %s failed: %s", run.run_id, step, target, err)
-                if target != jobs_mod.SUMMARY and all(run.is_done(step, t) for t in run.targets):
-                    continue
-            if touched:
-                finish_round(client, jobs_mod.refresh(client, run), _experiment_name(client, mlrun), opts)
-        if progressed:
-            continue  # summaries may have become available; look again at once
-        if not opts.watch:
-            return stats
-        current = [jobs_mod.read_jobs(client, r, opts.targets) for r in jobs_mod.list_runs(
-            client, opts.experiment, opts.run_id)]
-        if current and all(r.finished and r.waiting() == 0 for r in current):
-            return stats
+        try:
+            if _round(client, stats, opts):
+                continue  # summaries may have become available; look again at once
+            if not opts.watch:
+                return stats
+            current = [jobs_mod.read_jobs(client, r, opts.targets) for r in jobs_mod.list_runs(
+                client, opts.experiment, opts.run_id)]
+            if current and all(r.finished and r.waiting() == 0 for r in current):
+                return stats
+        except Exception as err:  # tracking server unreachable: wait and poll again
+            log.warning("round %d failed (%s: %s); retrying", stats.rounds, type(err).__name__, err)
+            if not opts.watch:
+                raise
         time.sleep(opts.poll_s)
 
 
+def _round(client, stats: WorkerStats, opts: WorkerOptions) -> bool:
+    """One pass over every run's open jobs; True if this worker committed any."""
+    progressed = False
+    for mlrun in jobs_mod.list_runs(client, opts.experiment, opts.run_id):
+        run = jobs_mod.read_jobs(client, mlrun, opts.targets)
+        touched = False
+        for step, target in run.pending():
+            try:
+                if do_job(client, run, step, target, stats.owner, opts):
+                    stats.evaluated.append((run.run_id, step, target))
+                    touched = progressed = True
+            except Exception as err:  # server hiccup, bad checkpoint: retried next round
+                log.warning("job %s step %d target %s failed: %s", run.run_id, step, target, err)
+        if touched:
+            finish_round(client, jobs_mod.refresh(client, run), _experiment_name(client, mlrun), opts)
+    return progressed
+
+
 def _worker_entry(opts: WorkerOptions) -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     for noisy in ("httpx", "urllib3", "alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
