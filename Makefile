@@ -11,7 +11,8 @@ export TOKENIZERS_PARALLELISM ?= false
 install:
 	scripts/install.sh $(VENV) dev
 
-quickstart: install
+quickstart:
+	scripts/install.sh $(VENV) smollm2
 	$(VENV)/bin/lamo-scale quickstart
 
 test: install

@@ -57,7 +57,7 @@ def test_accelerate_launch_trains_and_evaluate_cli_reports(tmp_path, reacher_dat
                    f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "eval.episodes=2", "eval.num_envs=2"]
     out = run([str(BIN / "accelerate"), "launch", "--num_processes", "1", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lamo_scale.train",
-               "--config", "quickstart", *args], tmp_path)
+               "--config", "quickstart-tiny", *args], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 4 and Path(tmp_path, summary["checkpoint"]).is_dir()
