@@ -184,6 +184,8 @@ class TrackingConfig:
     """Run name; null makes one from the recipe and the time."""
     enabled: bool = True
     """Log to MLflow at all."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """Extra MLflow run tags (sweeps tag every grid axis), e.g. tracking.tags={variant: dt}."""
 
 
 @dataclass
@@ -222,6 +224,8 @@ def _type_name(tp: Any) -> str:
         return " | ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
         return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    if origin is dict:
+        return "dict[str, str]"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -245,6 +249,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if value not in choices:
             raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, choices))}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        key_tp, value_tp = typing.get_args(tp)
+        return {_coerce(k, key_tp, f"{path}.key"): _coerce(v, value_tp, f"{path}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, (list, tuple)):
             value = [value]

@@ -202,7 +202,7 @@ def train(cfg: Config) -> TrainResult:
 
     tracker = Tracker(cfg.tracking.uri, experiment, enabled=cfg.tracking.enabled and accelerator.is_main_process)
     run_id = tracker.start(run_name, run_id=run_id, tags={"recipe": cfg.recipe, "dataset": index.dataset_id,
-                                                          "backbone": cfg.model.backbone})
+                                                          "backbone": cfg.model.backbone, **cfg.tracking.tags})
     if backbone_metrics:
         tracker.log_metrics(backbone_metrics, step=0)
     if resume is None and tracker.enabled:

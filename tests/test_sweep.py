@@ -1,0 +1,76 @@
+"""Sweeps: grid expansion, tags, validation, and resuming a half-done sweep without redoing runs."""
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+
+from lamo_scale.config import ConfigError, load_config
+from lamo_scale.sweep import is_done, load_grid, run_local, run_one, run_states, slurm_array_script
+
+from conftest import REPO, TINY
+
+
+def write_grid(tmp_path, dataset, **extra):
+    overrides = TINY + [f"data.dataset={dataset}", "train.steps=3", "train.batch_size=4", "train.checkpoint_every=3",
+                        "loss.language_weight=0", "train.threads=1", "eval.episodes=1", "eval.num_envs=1",
+                        "eval.target_returns=[50]"]
+    lines = [f"experiment: sweep-test", f"tracking_uri: sqlite:///{tmp_path}/mlflow.db",
+             "recipes: [quickstart-tiny]", "variants: {lamo: [], dt: [ablations/dt]}",
+             "axes: {data.data_ratio: [0.5, 1.0]}", f"output_dir: {tmp_path}/runs/{{run_name}}",
+             "overrides: [" + ", ".join(f"'{o}'" for o in overrides) + "]"]
+    lines += [f"{k}: {v}" for k, v in extra.items()]
+    path = tmp_path / "grid.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_paper_main_grid_expands_to_the_issue_grid():
+    grid = load_grid(REPO / "lamo_scale" / "sweeps" / "paper-main.yaml")
+    assert len(grid.runs) == 3 * 4 * 2 * 3
+    keys = {r.key for r in grid.runs}
+    assert "paper-hopper-medium-r1-lamo-dt-data_ratio0.01-seed2" in keys
+    spec = next(r for r in grid.runs if r.key == "paper-walker2d-medium-r1-lamo-no-language-data_ratio0.1-seed1")
+    cfg = load_config(spec.recipes, spec.overrides)
+    assert cfg.loss.language_weight == 0 and cfg.data.data_ratio == 0.1 and cfg.train.seed == 1
+    assert cfg.model.backbone == "smollm2-135m" and cfg.tracking.experiment == "lamo-paper-main"
+    assert cfg.tracking.tags["variant"] == "no-language" and cfg.tracking.tags["axis.train.seed"] == "1"
+    dt = load_config(*[(r.recipes, r.overrides) for r in grid.runs if r.tags["variant"] == "dt"][0])
+    assert (dt.model.finetune, dt.model.pretrained, dt.model.embedding) == ("full", False, "linear")
+
+
+def test_bad_grids_are_refused(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("recipes: [quickstart-tiny]\nsweeep: 1\n")
+    with pytest.raises(ConfigError, match="unknown keys"):
+        load_grid(bad)
+    bad.write_text("recipes: [quickstart-tiny]\naxes: {train.stpes: [1]}\n")
+    with pytest.raises(ConfigError, match="Did you mean 'steps'"):
+        load_grid(bad)
+
+
+def test_slurm_array_script(tmp_path, reacher_dataset):
+    path = write_grid(tmp_path, reacher_dataset)
+    script = slurm_array_script(path, load_grid(path), partition="cpu", max_parallel=2)
+    assert "#SBATCH --array=0-3%2" in script and "--index \"$SLURM_ARRAY_TASK_ID\"" in script
+
+
+@pytest.mark.slow
+def test_half_done_sweep_resumes_without_redoing_runs(tmp_path, reacher_dataset):
+    path = write_grid(tmp_path, reacher_dataset)
+    grid = load_grid(path)
+    assert len(grid.runs) == 4
+    assert run_one(grid, grid.runs[0]) == 0  # "interrupted" after one run
+    states = run_states(grid)
+    assert states[grid.runs[0].key] == "EVALUATED" and list(states.values()).count("missing") == 3
+    codes = run_local(grid, parallel=1, log_dir=tmp_path / "logs")
+    assert sorted(codes) == sorted(r.key for r in grid.runs[1:]) and set(codes.values()) == {0}
+    assert all(is_done(grid, s) for s in run_states(grid).values())
+    assert run_local(grid) == {}  # nothing left to do
+    client = MlflowClient(tracking_uri=grid.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("sweep-test").experiment_id])
+    assert len(runs) == 4
+    for run in runs:
+        tags = run.data.tags
+        assert tags["sweep"] == "grid" and tags["variant"] in ("lamo", "dt")
+        assert tags["axis.data.data_ratio"] in ("0.5", "1.0") and tags["sweep.key"] == run.info.run_name
+        assert client.get_metric_history(run.info.run_id, "eval/50/normalized_score")
