@@ -140,6 +140,15 @@ def train(cfg: Config) -> TrainResult:
     """Run one training job as configured; returns where its checkpoints and run are."""
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
+    # Listen from the very start: a preemption signal during setup must not be lost.
+    preemption = PreemptionFlag()
+    try:
+        return _train(cfg, preemption)
+    finally:
+        preemption.close()
+
+
+def _train(cfg: Config, preemption: PreemptionFlag) -> TrainResult:
     accelerator = dist.make_accelerator(cfg.train.mixed_precision, cfg.train.grad_accum)
     rank, world = accelerator.process_index, accelerator.num_processes
     if cfg.train.batch_size % (world * cfg.train.grad_accum):
@@ -226,7 +235,7 @@ def train(cfg: Config) -> TrainResult:
                          steps_done=start_step)
     status = "FAILED"
     try:
-        _loop(cfg, accelerator, policy, optimizer, scheduler, loaders, tracker, meta, result, start_step)
+        _loop(cfg, accelerator, policy, optimizer, scheduler, loaders, tracker, meta, result, start_step, preemption)
         status = "FINISHED"
     except Preempted:
         status = "KILLED"
@@ -288,7 +297,8 @@ def _save(cfg, accelerator, policy, optimizer, scheduler, meta, result, step, tr
     result.checkpoint = checkpoints / ckpt.step_dir_name(step)
 
 
-def _loop(cfg, accelerator, policy, optimizer, scheduler, loaders, tracker, meta, result, start_step) -> None:
+def _loop(cfg, accelerator, policy, optimizer, scheduler, loaders, tracker, meta, result, start_step,
+          preemption: PreemptionFlag) -> None:
     device = accelerator.device
     lam = cfg.loss.language_weight
     k = cfg.data.context_len
@@ -296,7 +306,6 @@ def _loop(cfg, accelerator, policy, optimizer, scheduler, loaders, tracker, meta
     bar = tqdm(total=cfg.train.steps, initial=start_step, desc="train", unit="step",
                disable=not accelerator.is_main_process, dynamic_ncols=True)
     window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
-    preemption = PreemptionFlag()
     step = start_step
     try:
         while step < cfg.train.steps:
@@ -353,7 +362,6 @@ def _loop(cfg, accelerator, policy, optimizer, scheduler, loaders, tracker, meta
                 log.warning("preempted: checkpoint for step %d written, exiting for requeue", step)
                 raise Preempted(step)
     finally:
-        preemption.close()
         bar.close()
 
 
