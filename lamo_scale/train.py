@@ -169,7 +169,8 @@ def _train(cfg: Config, preemption: PreemptionFlag) -> TrainResult:
         check_compatible(resume, meta)
         run_dir = resume.path.parent.parent
     policy, tokenizer = build_policy(cfg.model, index.state_dim, index.act_dim, index.action_low,
-                                     index.action_high, seed=cfg.train.seed)
+                                     index.action_high, seed=cfg.train.seed,
+                                     language_loss=cfg.loss.language_weight > 0)
     fingerprint = policy.frozen_fingerprint()
     trainable_n, total_n = policy.parameter_counts()  # before prepare: ZeRO-3 empties the local tensors
     backbone_metrics = {}

@@ -159,3 +159,15 @@ def test_preemption_signal_checkpoints_and_next_start_resumes(workdir, reacher_d
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {latest.path}" in resumed.stderr
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["steps"] == latest.step + 2
+
+
+def test_ddp_trains_the_dt_baseline_full_finetune_without_language_loss(workdir, reacher_dataset):
+    """Full fine-tuning with lambda = 0 leaves the token embeddings without gradient; they must be
+    frozen or DDP fails on its second step ("Expected to have finished reduction")."""
+    dt = ["model.finetune=full", "model.embedding=linear", "model.action_head=linear", "loss.language_weight=0",
+          "train.steps=3"]
+    single = train(load_config(None, overrides(workdir, reacher_dataset, "dt-single", *dt)))
+    proc = launch("ddp", overrides(workdir, reacher_dataset, "dt-ddp", *dt))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(losses(workdir, summary["mlflow_run_id"]), single.losses, **TOLERANCE)

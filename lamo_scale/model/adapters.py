@@ -41,10 +41,20 @@ def lora_targets(lm: PreTrainedModel, override: list[str] | None) -> tuple[list[
     return targets, fan_in_fan_out
 
 
-def apply_finetune_mode(lm: PreTrainedModel, cfg: ModelConfig) -> torch.nn.Module:
-    """Freeze / LoRA-wrap / unfreeze the backbone as ``cfg.finetune`` says; returns the LM to use."""
+def apply_finetune_mode(lm: PreTrainedModel, cfg: ModelConfig, language_loss: bool = True) -> torch.nn.Module:
+    """Freeze / LoRA-wrap / unfreeze the backbone as ``cfg.finetune`` says; returns the LM to use.
+
+    Under full fine-tuning without the language loss the token embeddings and LM head get no
+    gradient (the RL path feeds ``inputs_embeds``), so they stay frozen: a parameter that
+    never receives a gradient makes DDP fail ("Expected to have finished reduction") and
+    would only cost optimizer memory.
+    """
     if cfg.finetune == "full":
         lm.requires_grad_(True)
+        if not language_loss:
+            lm.get_input_embeddings().requires_grad_(False)
+            if lm.get_output_embeddings() is not None:
+                lm.get_output_embeddings().requires_grad_(False)
         return lm
     lm.requires_grad_(False)
     if cfg.dtype == "bfloat16":

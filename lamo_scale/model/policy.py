@@ -172,12 +172,15 @@ class LaMoPolicy(nn.Module):
 
 
 def build_policy(cfg: ModelConfig, state_dim: int, act_dim: int, action_low=None, action_high=None,
-                 seed: int = 0):
-    """Load the backbone, apply the fine-tuning mode, add embeddings/heads; returns ``(policy, tokenizer)``."""
+                 seed: int = 0, language_loss: bool = True):
+    """Load the backbone, apply the fine-tuning mode, add embeddings/heads; returns ``(policy, tokenizer)``.
+
+    ``language_loss=False`` (λ = 0) leaves the token embeddings / LM head frozen under full fine-tuning.
+    """
     lm, tokenizer = load_backbone(cfg, seed=seed)
     if cfg.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lm = apply_finetune_mode(lm, cfg)
+    lm = apply_finetune_mode(lm, cfg, language_loss)
     torch.manual_seed(seed + 1)
     policy = LaMoPolicy(lm, state_dim, act_dim, cfg, action_low, action_high)
     trainable, total = policy.parameter_counts()

@@ -56,7 +56,8 @@ def load_policy(checkpoint: ckpt.Checkpoint, device: str = "cpu"):
     cfg = from_dict(meta["config"])
     policy, _ = build_policy(cfg.model, meta["state_dim"], meta["act_dim"],
                              np.asarray(meta["action_low"]),
-                             np.asarray(meta["action_high"]), seed=cfg.train.seed)
+                             np.asarray(meta["action_high"]), seed=cfg.train.seed,
+                             language_loss=cfg.loss.language_weight > 0)
     if policy.frozen_fingerprint() != meta["frozen_fingerprint"]:
         raise ckpt.CheckpointError(f"{checkpoint.path}: the backbone loaded now differs from the one it was "
                                    "trained on (frozen-weight fingerprint mismatch)")

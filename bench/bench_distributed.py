@@ -1,0 +1,406 @@
+"""Scale-out on CPU: per-rank memory and step time under DDP, ZeRO-2, ZeRO-3 and FSDP2.
+
+    .venv/bin/python bench/bench_distributed.py --steps 4 --out bench/results/distributed-cpu.json \
+        | tee bench/results/distributed-cpu.txt
+
+The driver (this script without ``--worker``) launches, one after another, for each
+fine-tuning mode (``lora``, ``full``):
+
+- ``single``  one plain process (no launcher): the 1-rank reference, micro-batch = global batch;
+- ``ddp`` / ``zero2`` / ``zero3`` / ``fsdp``  two ranks through
+  ``accelerate launch --config_file ds_configs/accelerate_<mode>.yaml --num_processes 2
+  bench/bench_distributed.py --worker ...`` (gloo on CPU), micro-batch = global batch / 2.
+
+Each worker builds the accelerator exactly as ``lamo_scale.train`` does
+(``distributed.make_accelerator`` + ``distributed.configure_deepspeed`` + ``accelerator.prepare``
+of the policy and a ``torch.optim.AdamW`` over the trainable parameters), on a GPT-2-small-size
+backbone built with ``GPT2LMHeadModel(GPT2Config(n_layer=...))`` (random init: no weights
+offline), ``apply_finetune_mode`` (LoRA r16 on c_attn, or full) and ``LaMoPolicy`` (state 11,
+act 3, MLP embeddings/head). It runs warm-up + timed training steps on random segments
+(K=20, the same global batch in every mode, each rank taking its slice), with
+``accelerator.backward`` + grad clip 0.25 + ``optimizer.step`` as the training loop does, and
+records on every rank:
+
+- parameters: bytes of *local* parameter storage, trainable / frozen. ZeRO-3: the rank's
+  partition ``p.ds_tensor`` plus any full ``p.data`` still held (parameters below
+  ``stage3_param_persistence_threshold`` = 10·hidden elements stay whole on every rank);
+  FSDP2: ``p.to_local()``; otherwise ``p``. Tensors that share a storage (ZeRO-2 flattens the
+  trainable parameters into one buffer) are counted once, at the storage's size.
+- gradients: measured in the warm-up step right after backward, before the optimizer step.
+  DDP / single / FSDP2: the local ``p.grad`` tensors (FSDP2: the DTensor's local shard);
+  DDP's reducer buckets (another copy of the gradients, C++-side) are not visible and not
+  counted. DeepSpeed: ``accelerate`` calls ``engine.step()`` inside ``accelerator.backward``,
+  so the engine's ``step`` is wrapped to look just before it runs: ZeRO-2 the gradient
+  partitions it keeps (``averaged_gradients``, views into its contiguous partition buffer),
+  ZeRO-3 ``grad_partitions_flat_buffer`` (this rank's partition of every gradient); the
+  reduce buckets (``ipg_buckets``, ``reduce_bucket_size`` elements each) are reported apart.
+- optimizer state: every tensor in the base ``torch.optim.AdamW``'s ``.state`` (exp_avg,
+  exp_avg_sq, step; DTensor → local shard). Under DeepSpeed the base optimizer is stepped on
+  the ZeRO optimizer's fp32 flat partitions, and those partitions (the "master" weights:
+  ZeRO-2 ``single_partition_of_fp32_groups``, ZeRO-3 ``fp32_partitioned_groups_flat``) are
+  held *in addition* to the model parameters even in fp32 training; they are reported as
+  ``master`` and included in the optimizer total.
+- process RSS (psutil) at the end, and the peak (``ru_maxrss``).
+
+Step time: ``--warmup`` untimed steps then ``--steps`` timed ones; each timed step starts
+after a barrier and its time is the slowest rank's. On a 2-core box two ranks of one thread
+each share the cores with everything else: the numbers show the overhead of each mode, not a
+speed-up.
+
+Dropout (backbone and LoRA) is set to 0 so that every mode computes the same loss on the same
+global batch: the final-step loss is printed as a check that the ranks really trained together.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+_common.offline_env()
+
+REPO = Path(__file__).resolve().parent.parent
+STATE_DIM, ACT_DIM, K = 11, 3, 20
+YAMLS = {"ddp": "accelerate_ddp.yaml", "zero2": "accelerate_deepspeed_zero2.yaml",
+         "zero3": "accelerate_deepspeed_zero3.yaml", "fsdp": "accelerate_fsdp.yaml"}
+MB = 1024 ** 2
+
+
+# ----------------------------------------------------------------------------------- worker
+def make_global_batch(batch: int, step: int):
+    """Random Hopper-shaped segments (a quarter left-padded), identical in every mode."""
+    import torch
+
+    g = torch.Generator().manual_seed(1000 + step)
+    mask = torch.ones(batch, K, dtype=torch.long)
+    for i in range(batch // 4):
+        mask[i, : int(torch.randint(1, K, (1,), generator=g))] = 0
+    start = torch.randint(0, 900, (batch, 1), generator=g)
+    return {
+        "states": torch.randn(batch, K, STATE_DIM, generator=g) * mask[..., None],
+        "actions": (torch.rand(batch, K, ACT_DIM, generator=g) * 2 - 1) * mask[..., None],
+        "returns_to_go": torch.randn(batch, K, 1, generator=g) * mask[..., None],
+        "timesteps": (start + torch.arange(K)) * mask,
+        "attention_mask": mask,
+    }
+
+
+class Bytes:
+    """Sum of tensor bytes, each underlying storage counted once."""
+
+    def __init__(self):
+        self.seen: set[int] = set()
+        self.total = 0
+
+    def add(self, t) -> None:
+        if t is None:
+            return
+        if isinstance(t, (list, tuple)):
+            for item in t:
+                self.add(item)
+            return
+        if isinstance(t, dict):
+            for item in t.values():
+                self.add(item)
+            return
+        if hasattr(t, "to_local"):
+            t = t.to_local()
+        if t.numel() == 0:
+            return
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        self.total += storage.nbytes()
+
+
+def param_bytes(model, stage: int) -> dict:
+    trainable, frozen = Bytes(), Bytes()
+    persistent = 0
+    for p in model.parameters():
+        acc = trainable if p.requires_grad else frozen
+        if stage == 3 and hasattr(p, "ds_tensor"):
+            acc.add(p.ds_tensor)
+            if p.data.numel() > 0:  # persistent (small) parameters stay whole on every rank
+                persistent += p.data.numel() * p.data.element_size()
+                acc.add(p.data)
+        else:
+            acc.add(p)
+    return {"param_trainable": trainable.total, "param_frozen": frozen.total, "param_persistent_full": persistent}
+
+
+def optimizer_state_bytes(base_optimizer) -> int:
+    import torch
+
+    acc = Bytes()
+    for state in base_optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                acc.add(value)
+    return acc.total
+
+
+def deepspeed_grad_bytes(zero_opt, stage: int) -> dict:
+    grads, buckets = Bytes(), Bytes()
+    if stage == 3:
+        grads.add(getattr(zero_opt, "grad_partitions_flat_buffer", None))
+    else:
+        grads.add(getattr(zero_opt, "grads_in_partition", None))  # contiguous partition buffer, if any
+        grads.add(getattr(zero_opt, "averaged_gradients", {}))
+    for bucket in getattr(zero_opt, "ipg_buckets", {}).values():
+        buckets.add(getattr(bucket, "buffer", None))
+    detail = {}
+    for name in ("grads_in_partition", "averaged_gradients", "grad_partitions_flat_buffer"):
+        part = Bytes()
+        part.add(getattr(zero_opt, name, None))
+        detail[name] = part.total
+    return {"grads": grads.total, "grad_buckets": buckets.total, "grads_detail": detail}
+
+
+def worker(args) -> None:
+    import numpy as np
+    import psutil
+    import torch
+
+    torch.set_num_threads(args.threads)
+    proc = psutil.Process()
+    rss_start = proc.memory_info().rss
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lamo_scale import distributed as dist
+    from lamo_scale.config import load_config
+    from lamo_scale.model.adapters import apply_finetune_mode
+    from lamo_scale.model.backbone import set_dropout
+    from lamo_scale.model.policy import LaMoPolicy
+
+    accelerator = dist.make_accelerator("no", 1)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if args.global_batch % world:
+        raise SystemExit(f"global batch {args.global_batch} does not divide over {world} ranks")
+    micro = args.global_batch // world
+    cfg = load_config(None, ["model.pretrained=false", f"model.finetune={args.finetune}",
+                             f"model.lora.rank={args.lora_rank}", "model.lora.dropout=0"]).model
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(GPT2Config(n_layer=args.layers))
+    set_dropout(lm, 0.0)
+    lm = apply_finetune_mode(lm, cfg)
+    torch.manual_seed(1)
+    policy = LaMoPolicy(lm, STATE_DIM, ACT_DIM, cfg, -np.ones(ACT_DIM, np.float32), np.ones(ACT_DIM, np.float32))
+    if args.finetune == "full" and not args.keep_unused:
+        # Without the language loss the tied wte / lm_head matrix gets no gradient; DDP (no
+        # find_unused_parameters) then fails on the second step. Freeze it in every mode alike.
+        policy.causal_lm.get_input_embeddings().weight.requires_grad_(False)
+    trainable_n, total_n = policy.parameter_counts()
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=1e-5)
+    dist.configure_deepspeed(accelerator, micro, 1, args.grad_clip, policy.hidden_size)
+    rss_built = proc.memory_info().rss
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    stage = dist.zero_stage(accelerator)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    info = dist.describe(accelerator)
+    rec = {"mode": args.mode, "finetune": args.finetune, "layers": args.layers, "rank": rank, "world": world,
+           "micro_batch": micro, "global_batch": args.global_batch, "threads": args.threads,
+           "trainable_params": trainable_n, "total_params": total_n, "distributed_type": info["distributed_type"],
+           "zero_stage": stage, "rss_start": rss_start, "rss_built": rss_built}
+
+    engine = policy if dist.is_deepspeed(accelerator) else None
+    measured: dict = {}
+    if engine is not None:
+        original_step = engine.step
+
+        def step_and_measure(*a, **kw):  # accelerate calls engine.step() inside accelerator.backward
+            if not measured:
+                measured.update(deepspeed_grad_bytes(engine.optimizer, stage))
+            return original_step(*a, **kw)
+
+        engine.step = step_and_measure
+
+    def run_step(step: int) -> float:
+        batch = make_global_batch(args.global_batch, step)
+        valid = batch["attention_mask"].sum().to(torch.float64) / world if world > 1 else None
+        local = {k: v[rank * micro:(rank + 1) * micro].to(accelerator.device) for k, v in batch.items()}
+        policy.train()
+        with accelerator.accumulate(policy), accelerator.autocast():
+            out = policy(**local, valid_steps=valid)
+            accelerator.backward(out["loss"])
+            if engine is None and not measured:
+                grads = Bytes()
+                for p in policy.parameters():
+                    grads.add(p.grad)
+                measured.update(grads=grads.total, grad_buckets=0)
+            if accelerator.sync_gradients and args.grad_clip > 0:
+                accelerator.clip_grad_norm_(trainable, args.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return float(out["loss"].detach())
+
+    times, losses = [], []
+    for step in range(args.warmup + args.steps):
+        accelerator.wait_for_everyone()
+        t0 = time.perf_counter()
+        losses.append(run_step(step))
+        if step >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    rec.update(measured)
+    rec.update(param_bytes(policy, stage))
+    if engine is not None:
+        zero_opt = engine.optimizer
+        master = Bytes()
+        for t in getattr(zero_opt, "single_partition_of_fp32_groups", None) or \
+                getattr(zero_opt, "fp32_partitioned_groups_flat", None) or []:
+            master.add(t)
+        rec["master"] = master.total
+        rec["opt_state"] = optimizer_state_bytes(zero_opt.optimizer)
+    else:
+        rec["master"] = 0
+        rec["opt_state"] = optimizer_state_bytes(getattr(optimizer, "optimizer", optimizer))
+    rec["optimizer_total"] = rec["master"] + rec["opt_state"]
+    rec["model_state_total"] = rec["param_trainable"] + rec["param_frozen"] + rec["grads"] + rec["optimizer_total"]
+    rec["rss_end"] = proc.memory_info().rss
+    rec["rss_peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rec["step_times"] = times
+    rec["losses"] = losses
+    Path(args.result_dir, f"{args.mode}-{args.finetune}-w{world}-r{rank}.json").write_text(json.dumps(rec))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+# ----------------------------------------------------------------------------------- driver
+def launch(mode: str, finetune: str, ranks: int, args, result_dir: str) -> tuple[list[dict], float, str]:
+    worker_args = ["--worker", "--mode", mode, "--finetune", finetune, "--layers", str(args.layers),
+                   "--global-batch", str(args.global_batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
+                   "--threads", str(args.threads), "--lora-rank", str(args.lora_rank),
+                   "--grad-clip", str(args.grad_clip), "--result-dir", result_dir]
+    if args.keep_unused:
+        worker_args.append("--keep-unused")
+    script = str(Path(__file__).resolve())
+    if mode == "single":
+        cmd = [sys.executable, script, *worker_args]
+    else:
+        cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", f"ds_configs/{YAMLS[mode]}",
+               "--num_processes", str(ranks), script, *worker_args]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    env.pop("WORLD_SIZE", None)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.timeout)
+    wall = time.perf_counter() - t0
+    world = 1 if mode == "single" else ranks
+    recs = []
+    for r in range(world):
+        path = Path(result_dir, f"{mode}-{finetune}-w{world}-r{r}.json")
+        if path.is_file():
+            recs.append(json.loads(path.read_text()))
+    err = ""
+    if proc.returncode != 0 or len(recs) != world:
+        err = (proc.stdout[-1500:] + "\n" + proc.stderr[-3000:]).strip()
+    return recs, wall, err
+
+
+def summarise(recs: list[dict], wall: float, reference: dict | None) -> dict:
+    r0 = recs[0]
+    row = {"finetune": r0["finetune"], "mode": r0["mode"], "ranks": r0["world"], "micro": r0["micro_batch"],
+           "dist_type": r0["distributed_type"].split(".")[-1], "launch_s": wall}
+    for key in ("param_trainable", "param_frozen", "grads", "grad_buckets", "master", "opt_state", "optimizer_total",
+                "model_state_total", "rss_end", "rss_peak"):
+        row[key + "_mb"] = r0[key] / MB
+        row[key + "_mb_max"] = max(r[key] for r in recs) / MB
+    step_times = [max(ts) for ts in zip(*(r["step_times"] for r in recs))]
+    row["s_per_step"] = _common.median(step_times)
+    row["step_times"] = step_times
+    # the ranks' losses average to the global-batch loss (valid_steps = global count / world)
+    row["final_loss"] = sum(r["losses"][-1] for r in recs) / len(recs)
+    if reference is not None:
+        row["x_time_vs_single"] = row["s_per_step"] / reference["s_per_step"]
+        ref_sharded = reference["param_trainable_mb"] + reference["grads_mb"] + reference["optimizer_total_mb"]
+        mine = row["param_trainable_mb"] + row["grads_mb"] + row["optimizer_total_mb"]
+        row["trainable_state_vs_single"] = mine / ref_sharded if ref_sharded else None
+        row["loss_diff_vs_single"] = abs(row["final_loss"] - reference["final_loss"])
+    return row
+
+
+COLUMNS = [("finetune", "ft"), ("mode", "mode"), ("ranks", "ranks"), ("param_trainable_mb", "params train MB"),
+           ("param_frozen_mb", "params frozen MB"), ("grads_mb", "grads MB"), ("master_mb", "fp32 master MB"),
+           ("opt_state_mb", "Adam state MB"), ("model_state_total_mb", "total MB"),
+           ("trainable_state_vs_single", "train.+grad+opt × single"), ("grad_buckets_mb", "grad buckets MB"),
+           ("rss_end_mb", "RSS end MB"), ("rss_peak_mb", "RSS peak MB"), ("s_per_step", "s/step"),
+           ("x_time_vs_single", "time × single"), ("loss_diff_vs_single", "|Δloss| vs single")]
+
+
+def driver(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    info = _common.machine_info()
+    print(_common.machine_line(info))
+    print(f"GPT-2 {args.layers}x768 (vocab 50257, random init) + LaMo heads; global batch {args.global_batch} "
+          f"segments of K={K}; {args.warmup} warm-up + {args.steps} timed steps; {args.threads} torch thread(s) "
+          f"per process; per-rank figures are rank 0's (max over ranks in the JSON)", flush=True)
+    rows, failures = [], {}
+    with tempfile.TemporaryDirectory(prefix="lamo_bench_dist_") as result_dir:
+        for finetune in args.finetune.split(","):
+            reference = None
+            for mode in args.modes.split(","):
+                recs, wall, err = launch(mode, finetune, 2, args, result_dir)
+                if err:
+                    failures[f"{finetune}/{mode}"] = err
+                    print(f"[{finetune}/{mode}] FAILED after {wall:.0f} s:\n{err}\n", flush=True)
+                    continue
+                row = summarise(recs, wall, reference)
+                row["per_rank"] = recs
+                if mode == "single":
+                    reference = row
+                rows.append(row)
+                print(f"[{finetune}/{mode}] {row['ranks']} rank(s), {row['s_per_step']:.2f} s/step, "
+                      f"model state {row['model_state_total_mb']:.1f} MB/rank, RSS {row['rss_end_mb']:.0f} MB, "
+                      f"final loss {row['final_loss']:.6f}, launch-to-exit {wall:.0f} s", flush=True)
+    print()
+    print(_common.table(rows, COLUMNS))
+    print()
+    for row in rows:
+        r0 = row["per_rank"][0]
+        print(f"{row['finetune']}/{row['mode']}: trainable {r0['trainable_params']:,} of {r0['total_params']:,} "
+              f"params; distributed_type {row['dist_type']}; zero stage {r0['zero_stage']}; "
+              f"step times {', '.join(f'{t:.2f}' for t in row['step_times'])} s")
+    _common.save_json(args.out, {"machine": info, "args": vars(args), "rows": rows, "failures": failures})
+    if failures:
+        sys.exit(1)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--worker", action="store_true", help="internal: run one rank (under accelerate launch)")
+    parser.add_argument("--mode", default="single", help="internal (worker): the mode being run")
+    parser.add_argument("--result-dir", help="internal (worker): where each rank writes its JSON")
+    parser.add_argument("--modes", default="single,ddp,zero2,zero3,fsdp",
+                        help="single = 1 plain process; the others run 2 ranks through accelerate launch")
+    parser.add_argument("--finetune", default="lora,full", help="lora (r16 on c_attn, frozen backbone) and/or full")
+    parser.add_argument("--layers", type=int, default=12, help="GPT-2 layers (768 wide, vocab 50257)")
+    parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--global-batch", type=int, default=8, help="segments per step over all ranks")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps after the warm-up")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (OMP_NUM_THREADS)")
+    parser.add_argument("--grad-clip", type=float, default=0.25)
+    parser.add_argument("--keep-unused", action="store_true",
+                        help="full: keep the tied wte/lm_head trainable although it gets no gradient (DDP fails)")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per launch")
+    parser.add_argument("--out", help="write the raw numbers as JSON here")
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args)
+    else:
+        driver(args)
+
+
+if __name__ == "__main__":
+    main()
