@@ -178,6 +178,18 @@ def resolve_checkpoint(ref: str | Path) -> Checkpoint:
     raise CheckpointError(f"no complete checkpoint found at {path}")
 
 
+def load_trainable(policy, weights: dict[str, torch.Tensor], source) -> None:
+    """Load a checkpoint's trainable weights; every trainable parameter must be present."""
+    expected = set(policy.trainable_state_dict())
+    missing, unexpected = expected - set(weights), set(weights) - expected
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {source} does not fit this policy: missing "
+                          f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    result = policy.load_state_dict(weights, strict=False)
+    if result.unexpected_keys:
+        raise CheckpointError(f"checkpoint {source}: unexpected keys {result.unexpected_keys[:5]}")
+
+
 def rng_state() -> dict:
     """Every RNG stream that training touches (python, numpy, torch CPU and CUDA)."""
     import random

@@ -157,6 +157,39 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``lamo-scale sweep``: expand a grid and run it (locally, one index, or as a Slurm array)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from lamo_scale.sweep import is_done, load_grid, run_local, run_one, run_states, slurm_array_script
+
+    grid = load_grid(args.grid)
+    if args.list:
+        states = run_states(grid)
+        rows = [{"index": i, "run": r.key, "state": states[r.key]} for i, r in enumerate(grid.runs)]
+        print(_table(rows, ["index", "run", "state"]))
+        return 0
+    if args.index is not None:
+        spec = grid.runs[args.index]
+        if is_done(grid, run_states(grid)[spec.key]):
+            print(f"{spec.key}: already done")
+            return 0
+        return run_one(grid, spec)
+    if args.slurm:
+        script = Path(args.slurm_script or f"sweep-{grid.name}.sbatch")
+        script.write_text(slurm_array_script(args.grid, grid, args.partition, args.parallel))
+        print(f"wrote {script}")
+        if shutil.which("sbatch") and not args.dry_run:
+            return subprocess.run(["sbatch", str(script)]).returncode
+        return 0
+    codes = run_local(grid, args.parallel, Path(args.log_dir))
+    failed = {k: c for k, c in codes.items() if c != 0}
+    print(f"sweep {grid.name}: ran {len(codes)}, failed {len(failed)}" + (f": {failed}" if failed else ""))
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``lamo-scale`` command line."""
     parser = argparse.ArgumentParser(prog="lamo-scale", description=__doc__,
@@ -211,6 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("recipes", help="list the packaged training recipes")
 
+    p = sub.add_parser("sweep", help="run a grid of trainings (recipes x variants x axes) into one experiment")
+    p.add_argument("--grid", required=True, help="grid YAML (see lamo_scale/sweep.py)")
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time (local) or array throttle (Slurm)")
+    p.add_argument("--list", action="store_true", help="show the expanded runs and their MLflow state")
+    p.add_argument("--index", type=int, help="run only run number INDEX (what a Slurm array task calls)")
+    p.add_argument("--slurm", action="store_true", help="write a job-array sbatch script and submit it")
+    p.add_argument("--slurm-script", help="where to write the sbatch script")
+    p.add_argument("--partition", help="Slurm partition")
+    p.add_argument("--dry-run", action="store_true", help="with --slurm: write the script, do not submit")
+    p.add_argument("--log-dir", default="runs/sweep-logs", help="per-run training logs (local runs)")
+
     p = sub.add_parser("quickstart", help="make a small real dataset, train, evaluate, print the results")
     p.add_argument("--config", default="quickstart", help="training recipe (default: quickstart)")
     p.add_argument("--collect-recipe", default="reacher2d-medium", help="collection recipe if data is missing")
@@ -228,7 +272,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers = {"collect": cmd_collect, "datasets": cmd_datasets, "evaluate": cmd_evaluate,
                 "recipes": cmd_recipes, "quickstart": cmd_quickstart, "rollout": cmd_rollout,
-                "report": cmd_report}
+                "report": cmd_report, "sweep": cmd_sweep}
     from lamo_scale.config import ConfigError
     from lamo_scale.data.trajectories import DatasetNotFoundError
 

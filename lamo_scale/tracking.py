@@ -63,9 +63,19 @@ class Tracker:
             self.run_id = run_id
             client.update_run(run_id, status="RUNNING")
             return run_id
-        exp = client.get_experiment_by_name(self.experiment)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(self.experiment)
-        run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
+        for attempt in range(5):
+            # Several jobs starting at once can race on a new sqlite store's schema or on
+            # creating the same experiment; the loser retries and finds what the winner made.
+            try:
+                exp = client.get_experiment_by_name(self.experiment)
+                exp_id = exp.experiment_id if exp is not None else client.create_experiment(self.experiment)
+                run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
+                break
+            except Exception as err:
+                if attempt == 4:
+                    raise
+                log.warning("MLflow run creation failed (%s: %s); retrying", type(err).__name__, err)
+                time.sleep(0.5 * 2 ** attempt)
         self.run_id = run.info.run_id
         return self.run_id
 

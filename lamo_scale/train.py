@@ -189,7 +189,7 @@ def _train(cfg: Config, preemption: PreemptionFlag) -> TrainResult:
         if resume.meta.get("frozen_fingerprint") != fingerprint:
             raise ckpt.CheckpointError(f"checkpoint {resume.path} was trained on a different frozen backbone "
                                        f"(fingerprint {resume.meta.get('frozen_fingerprint')} != {fingerprint})")
-        load_trainable(policy, resume.weights(), resume.path)
+        ckpt.load_trainable(policy, resume.weights(), resume.path)
         state = resume.trainer_state()
         if state.get("optimizer") is not None:
             optimizer.load_state_dict(state["optimizer"])
@@ -244,18 +244,6 @@ def _train(cfg: Config, preemption: PreemptionFlag) -> TrainResult:
     finally:
         tracker.end(status)
     return result
-
-
-def load_trainable(policy, weights: dict[str, torch.Tensor], source) -> None:
-    """Load a checkpoint's trainable weights; every trainable parameter must be present."""
-    expected = set(policy.trainable_state_dict())
-    missing, unexpected = expected - set(weights), set(weights) - expected
-    if missing or unexpected:
-        raise ckpt.CheckpointError(f"checkpoint {source} does not fit this policy: missing "
-                                   f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
-    result = policy.load_state_dict(weights, strict=False)
-    if result.unexpected_keys:
-        raise ckpt.CheckpointError(f"checkpoint {source}: unexpected keys {result.unexpected_keys[:5]}")
 
 
 def record_rank(accelerator, run_dir: Path, loaders: "_Loaders") -> None:

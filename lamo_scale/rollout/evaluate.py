@@ -50,8 +50,6 @@ def eval_metrics(summaries: dict[float, dict[str, float]], best: Optional[float]
 
 def load_policy(checkpoint: ckpt.Checkpoint, device: str = "cpu"):
     """Rebuild the policy a checkpoint was trained with and load its weights (verified)."""
-    from lamo_scale.train import load_trainable
-
     meta = checkpoint.meta
     cfg = from_dict(meta["config"])
     policy, _ = build_policy(cfg.model, meta["state_dim"], meta["act_dim"],
@@ -61,7 +59,7 @@ def load_policy(checkpoint: ckpt.Checkpoint, device: str = "cpu"):
     if policy.frozen_fingerprint() != meta["frozen_fingerprint"]:
         raise ckpt.CheckpointError(f"{checkpoint.path}: the backbone loaded now differs from the one it was "
                                    "trained on (frozen-weight fingerprint mismatch)")
-    load_trainable(policy, checkpoint.weights(), checkpoint.path)
+    ckpt.load_trainable(policy, checkpoint.weights(), checkpoint.path)
     if hasattr(policy.lm, "merge_adapter"):
         # Acting only: fold LoRA into the base weights (one matmul per projection instead of
         # three plus dropout calls): ~1.7x more env-steps/s at batch 1 on CPU, same actions.
