@@ -49,5 +49,5 @@ def text_file(tmp_path) -> str:
     if WIKITEXT_VALID.exists():
         return str(WIKITEXT_VALID)
     path = tmp_path / "text.txt"
-    path.write_text("\n".join(p.read_text() for p in REPO.rglob("*.py")))
+    path.write_text("\n".join(p.read_text() for p in sorted((REPO / "lamo_scale").rglob("*.py"))))
     return str(path)
