@@ -74,3 +74,20 @@ def test_half_done_sweep_resumes_without_redoing_runs(tmp_path, reacher_dataset)
         assert tags["sweep"] == "grid" and tags["variant"] in ("lamo", "dt")
         assert tags["axis.data.data_ratio"] in ("0.5", "1.0") and tags["sweep.key"] == run.info.run_name
         assert client.get_metric_history(run.info.run_id, "eval/50/normalized_score")
+
+    # The paper-form report from this real sweep: every number comes from the MLflow metrics.
+    from lamo_scale.paper_report import write_report
+    md, png, scores = write_report(grid.tracking_uri, "sweep-test", tmp_path / "report", notes="tiny test sweep")
+    assert png.stat().st_size > 1000 and len(scores) == 4
+    text = md.read_text()
+    assert "| task | data ratio | lamo | dt |" in text and "`" + reacher_dataset + "`" not in text
+    for run in runs:
+        history = client.get_metric_history(run.info.run_id, "eval/50/normalized_score")
+        last = sorted(history, key=lambda m: m.step)[-1].value  # one checkpoint: last 20 % = it
+        tags = run.data.tags
+        match = [s for s in scores if s.variant == tags["variant"] and s.ratio == tags["axis.data.data_ratio"]]
+        assert len(match) == 1 and match[0].score == pytest.approx(last) and match[0].best_target == "50"
+        cell = f"{last:.1f} ± 0.0 (n=1)"
+        assert cell in text
+    assert any(r.data.tags.get("report") == "true" for r in client.search_runs(
+        [client.get_experiment_by_name("sweep-test").experiment_id]))

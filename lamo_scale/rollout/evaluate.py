@@ -93,10 +93,15 @@ def evaluate_checkpoint(ref: str | Path | ckpt.Checkpoint, episodes: Optional[in
                         num_envs: Optional[int] = None, target_returns: Optional[list[float]] = None,
                         seed: Optional[int] = None, device: str = "cpu", log_to_mlflow: bool = True,
                         tracking_uri: Optional[str] = None, progress: bool = True,
-                        bf16: bool = False) -> EvalReport:
-    """Roll a checkpoint out (defaults from its config's ``eval`` section) and log to its run."""
+                        bf16: Optional[bool] = None) -> EvalReport:
+    """Roll a checkpoint out (defaults from its config's ``eval`` section) and log to its run.
+
+    ``bf16=None`` acts in the precision the policy was trained in (bf16 autocast if it was).
+    """
     checkpoint = ref if isinstance(ref, ckpt.Checkpoint) else ckpt.resolve_checkpoint(ref)
     policy, cfg = load_policy(checkpoint, device)
+    if bf16 is None:
+        bf16 = cfg.train.mixed_precision == "bf16"
     meta = checkpoint.meta
     targets = target_returns or meta.get("target_returns") or cfg.eval.target_returns
     spec = acting_spec(meta, cfg.eval.max_episode_steps)

@@ -1,0 +1,162 @@
+"""The paper's results table from a sweep's MLflow experiment: task × data ratio × variant.
+
+Score of one run (the paper's rule): for every target return, the mean normalised score over
+the last 20 % of its evaluated checkpoints; the run's score is the best of those. A cell is
+mean ± std over the seeds of that (task, data ratio, variant). Learning curves: per (task,
+ratio), each variant's seed-mean normalised score at its best target, vs training step.
+The report says which datasets were made here (D4RL-like) rather than canonical D4RL files.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from lamo_scale.report import last_fraction_mean
+from lamo_scale.rollout.plots import eval_curves
+
+VARIANT_ORDER = ["lamo", "dt", "random-init", "no-language", "linear-embedding", "full-finetune", "frozen"]
+
+
+@dataclass
+class RunScore:
+    """One run's identity (from sweep tags) and its score by the paper's rule."""
+
+    task: str
+    ratio: str
+    variant: str
+    seed: str
+    score: float
+    best_target: str
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    dataset: str = ""
+
+
+def paper_score(curves: dict[str, list[tuple[int, float]]]) -> tuple[float, str]:
+    """``(score, target)``: the best over targets of the last-20 % mean normalised score."""
+    scored = [(last_fraction_mean(points), target) for target, points in curves.items() if points]
+    return max(scored) if scored else (math.nan, "")
+
+
+def collect_scores(tracking_uri: str, experiment: str) -> list[RunScore]:
+    """Every finished, evaluated run of the experiment with its sweep tags and score."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ValueError(f"no MLflow experiment named {experiment!r} at {tracking_uri}")
+    out = []
+    for run in client.search_runs([exp.experiment_id], max_results=10000):
+        tags, params = run.data.tags, run.data.params
+        curves = eval_curves(client, run.info.run_id, run.data.metrics)
+        if not curves:
+            continue
+        score, target = paper_score(curves)
+        out.append(RunScore(task=tags.get("task", tags.get("recipe", "?")),
+                            ratio=tags.get("axis.data.data_ratio", params.get("data.data_ratio", "?")),
+                            variant=tags.get("variant", "?"),
+                            seed=tags.get("axis.train.seed", params.get("train.seed", "?")),
+                            score=score, best_target=target, curve=sorted(curves[target]),
+                            dataset=tags.get("dataset", "")))
+    return out
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "—"
+    mean = statistics.fmean(values)
+    std = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.1f} ± {std:.1f} (n={len(values)})"
+
+
+def table(scores: list[RunScore]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the task × ratio × variant table (mean ± std over seeds)."""
+    cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for s in scores:
+        cells[(s.task, s.ratio)][s.variant].append(s.score)
+    present = {v for row in cells.values() for v in row}
+    variants = [v for v in VARIANT_ORDER if v in present] + sorted(present - set(VARIANT_ORDER))
+    header = ["task", "data ratio", *variants]
+    rows = [[task, ratio, *[_fmt(cells[(task, ratio)].get(v, [])) for v in variants]]
+            for task, ratio in sorted(cells)]
+    return header, rows
+
+
+def markdown(scores: list[RunScore], experiment: str, notes: str = "") -> str:
+    """The report as Markdown: the table, which datasets are D4RL-like, and the per-run scores."""
+    header, rows = table(scores)
+    lines = [f"# Results: {experiment}", "",
+             "Normalised score (D4RL normalisation), the paper's rule: best target return, mean over the "
+             "last 20 % of evaluated checkpoints; mean ± std over seeds.", ""]
+    if notes:
+        lines += [notes, ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    made_here = sorted({s.dataset for s in scores if s.dataset.startswith("lamo/")})
+    if made_here:
+        lines += ["", "Datasets made by `lamo-scale collect` (D4RL-like: same envs and normalisation, not the "
+                  "canonical D4RL files; `medium-replay-like` is a mixture of weaker policies): "
+                  + ", ".join(f"`{d}`" for d in made_here) + "."]
+    lines += ["", "## Runs", "", "| task | ratio | variant | seed | score | best target |", "|---|---|---|---|---|---|"]
+    for s in sorted(scores, key=lambda s: (s.task, s.ratio, s.variant, s.seed)):
+        lines.append(f"| {s.task} | {s.ratio} | {s.variant} | {s.seed} | {s.score:.2f} | {s.best_target} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(scores: list[RunScore], path: str | Path) -> Path:
+    """Learning curves: one panel per (task, ratio), one line per variant (seed mean at its best target)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple[str, str], dict[str, list[list[tuple[int, float]]]]] = defaultdict(lambda: defaultdict(list))
+    for s in scores:
+        groups[(s.task, s.ratio)][s.variant].append(s.curve)
+    n = max(1, len(groups))
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    for ax, ((task, ratio), variants) in zip(axes.flat, sorted(groups.items())):
+        for variant, curves in sorted(variants.items()):
+            steps = sorted({step for c in curves for step, _ in c})
+            means = [statistics.fmean([dict(c)[s] for c in curves if s in dict(c)]) for s in steps]
+            ax.plot(steps, means, marker="o", label=variant)
+        ax.set_title(f"{task} (ratio {ratio})", fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("normalised score")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, notes: str = "",
+                 log_to_mlflow: bool = True) -> tuple[Path, Path, list[RunScore]]:
+    """Write ``report.md`` and ``curves.png`` to ``out_dir`` and log both to a ``report`` run."""
+    scores = collect_scores(tracking_uri, experiment)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = out_dir / "report.md"
+    md.write_text(markdown(scores, experiment, notes))
+    png = plot(scores, out_dir / "curves.png")
+    if log_to_mlflow:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        exp_id = client.get_experiment_by_name(experiment).experiment_id
+        run = client.create_run(exp_id, run_name="report", tags={"report": "true"})
+        client.log_artifact(run.info.run_id, str(md), "report")
+        client.log_artifact(run.info.run_id, str(png), "report")
+        client.set_terminated(run.info.run_id)
+    return md, png, scores
