@@ -122,3 +122,18 @@ def test_bad_backbones_fail_clearly(tmp_path):
     cfg = load_config(None, [f"model.backbone={tmp_path}"])
     with pytest.raises(BackboneError, match="known offline name: smollm2-135m, tiny-gpt2"):
         build_policy(cfg.model, 4, 2)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    plain, _, _ = make("model.lora.dropout=0", "model.backbone_dropout=0")
+    ckpt, _, _ = make("model.lora.dropout=0", "model.backbone_dropout=0", "model.gradient_checkpointing=true")
+    assert ckpt.causal_lm.is_gradient_checkpointing and not plain.causal_lm.is_gradient_checkpointing
+    grads = []
+    for policy in (plain, ckpt):
+        policy.train()
+        out = policy(**batch(), text_ids=torch.randint(0, 257, (2, 16), generator=torch.Generator().manual_seed(1)),
+                     language_weight=0.1)
+        out["loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-7)

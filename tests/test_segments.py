@@ -111,3 +111,17 @@ def test_missing_dataset_names_id_store_and_command(minari_store):
         open_dataset("nope/reacher2d/missing-v0")
     msg = str(err.value)
     assert "nope/reacher2d/missing-v0" in msg and str(minari_store) in msg and "lamo-scale collect" in msg
+
+
+def test_dict_observations_flatten_like_gymnasium():
+    import gymnasium as gym
+
+    from lamo_scale.data.trajectories import flatten_observations
+
+    space = gym.spaces.Dict({"observation": gym.spaces.Box(-1, 1, (4,)), "desired_goal": gym.spaces.Box(-1, 1, (2,)),
+                             "achieved_goal": gym.spaces.Box(-1, 1, (2,))})
+    samples = [space.sample() for _ in range(3)]
+    batch = {k: np.stack([s[k] for s in samples]) for k in space.spaces}
+    expected = np.stack([gym.spaces.flatten(space, s) for s in samples]).astype(np.float32)
+    np.testing.assert_array_equal(flatten_observations(space, batch), expected)
+    assert list(space.spaces) == ["achieved_goal", "desired_goal", "observation"]  # documented: sorted keys
