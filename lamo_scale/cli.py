@@ -143,7 +143,7 @@ def _behaviour_score(dataset_id: str):
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """``lamo-scale quickstart``: make data if missing, train the quickstart recipe, evaluate, report."""
     from lamo_scale.config import load_config
-    from lamo_scale.data.collect import collect_recipe
+    from lamo_scale.data.collect import COLLECT_RECIPES, collect_recipe
     from lamo_scale.data.trajectories import DatasetNotFoundError, open_dataset
     from lamo_scale.rollout.evaluate import evaluate_checkpoint
     from lamo_scale.tracking import run_url
@@ -154,8 +154,13 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     try:
         open_dataset(cfg.data.dataset)
     except DatasetNotFoundError:
-        print(f"[1/3] collecting {cfg.data.dataset} with recipe {args.collect_recipe} ({args.collect_steps} steps)")
-        collect_recipe(args.collect_recipe, num_steps=args.collect_steps, dataset_id=cfg.data.dataset)
+        recipe = args.collect_recipe or next(
+            (name for name, r in COLLECT_RECIPES.items() if r.dataset_id == cfg.data.dataset), None)
+        if recipe is None:
+            raise DatasetNotFoundError(f"{cfg.data.dataset} is missing and no collection recipe makes it; "
+                                       "pass --collect-recipe (lamo-scale collect --list)")
+        print(f"[1/3] collecting {cfg.data.dataset} with recipe {recipe} ({args.collect_steps} steps)")
+        collect_recipe(recipe, num_steps=args.collect_steps, dataset_id=cfg.data.dataset)
     else:
         print(f"[1/3] dataset {cfg.data.dataset} already in the Minari store")
     print(f"[2/3] training recipe '{cfg.recipe}' for {cfg.train.steps} steps")
@@ -278,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quickstart", help="make a small real dataset, train, evaluate, print the results")
     p.add_argument("--config", default="quickstart", help="training recipe (default: quickstart)")
-    p.add_argument("--collect-recipe", default="reacher2d-medium", help="collection recipe if data is missing")
+    p.add_argument("--collect-recipe", help="collection recipe if data is missing (default: the one that makes "
+                   "the recipe's data.dataset)")
     p.add_argument("--collect-steps", type=int, default=20_000, help="transitions to collect if data is missing")
     p.add_argument("overrides", nargs="*", help="dotted overrides for the training recipe")
     return parser
