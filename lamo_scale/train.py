@@ -118,7 +118,8 @@ def _to_device(batch, device):
 class _Loaders:
     """Per-rank iterators over the segment stream and (optionally) the text stream."""
 
-    def __init__(self, cfg: Config, index: TrajectoryIndex, tokenizer, rank: int, world: int, start_micro: int):
+    def __init__(self, cfg: Config, index: TrajectoryIndex, tokenizer, rank: int, world: int, start_micro: int,
+                 text_source: Optional[str]):
         from torch.utils.data import DataLoader
 
         self.micro_batch = cfg.train.batch_size // (world * cfg.train.grad_accum)
@@ -131,7 +132,7 @@ class _Loaders:
         self.text_micro_batch = 0
         if cfg.loss.language_weight > 0:
             self.text_micro_batch = max(1, cfg.text.batch_size // (world * cfg.train.grad_accum))
-            text = TextBlockStream(cfg.text.source, tokenizer, cfg.text.block_size, self.text_micro_batch, rank,
+            text = TextBlockStream(text_source, tokenizer, cfg.text.block_size, self.text_micro_batch, rank,
                                    world, start_micro, cfg.text.split, cfg.text.text_field)
             self.text = iter(DataLoader(text, batch_size=None, num_workers=0))
 
@@ -174,7 +175,9 @@ def _train(cfg: Config, preemption: PreemptionFlag) -> TrainResult:
     fingerprint = policy.frozen_fingerprint()
     trainable_n, total_n = policy.parameter_counts()  # before prepare: ZeRO-3 empties the local tensors
     backbone_metrics = {}
-    heldout = cfg.text.heldout_source or (cfg.text.source if cfg.loss.language_weight > 0 else None)
+    # ``auto`` picks a corpus (and may fetch it) once per run; everything below uses the result.
+    text_source = resolve_source(cfg.text.source) if cfg.loss.language_weight > 0 else None
+    heldout = cfg.text.heldout_source or text_source
     if resume is None and heldout and cfg.text.heldout_blocks > 0 and accelerator.is_main_process:
         from lamo_scale.model.perplexity import check_backbone
 
@@ -200,7 +203,8 @@ def _train(cfg: Config, preemption: PreemptionFlag) -> TrainResult:
     dist.configure_deepspeed(accelerator, micro_batch, cfg.train.grad_accum, cfg.train.grad_clip, policy.hidden_size)
     # The scheduler is stepped by hand: accelerate's wrapper would step it once per process.
     policy, optimizer = accelerator.prepare(policy, optimizer)
-    loaders = _Loaders(cfg, index, tokenizer, rank, world, start_step * cfg.train.grad_accum)
+    loaders = _Loaders(cfg, index, tokenizer, rank, world, start_step * cfg.train.grad_accum,
+                       text_source)
     if resume is not None:
         if dist.is_sharded(accelerator):
             accelerator.load_state(str(resume.path / SHARDED_STATE), load_module_strict=False) \
@@ -223,8 +227,7 @@ def _train(cfg: Config, preemption: PreemptionFlag) -> TrainResult:
                             "dist.world_size": info["world_size"], "dist.mode": info["mode"],
                             "dist.zero_stage": info["zero_stage"],
                             "data.episodes": len(index.episode_lengths), "data.steps": index.num_steps,
-                            "text.corpus": corpus_fingerprint(resolve_source(cfg.text.source))
-                            if loaders.text is not None else "none"})
+                            "text.corpus": corpus_fingerprint(text_source) if text_source else "none"})
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
@@ -354,13 +357,18 @@ def _loop(cfg, accelerator, policy, optimizer, scheduler, loaders, tracker, meta
         bar.close()
 
 
+def _reduce_dtype(accelerator) -> torch.dtype:
+    """float64 for the scalar all-reduces where the backend has it (gloo/CPU), else float32."""
+    return torch.float64 if accelerator.device.type == "cpu" else torch.float32
+
+
 def _all_reduce_mean_max(accelerator, values: torch.Tensor) -> torch.Tensor:
     """Mean of all but the last entry across ranks; max of the last (a stop flag)."""
     if accelerator.num_processes == 1:
         return values
     import torch.distributed as tdist
 
-    t = values.to(accelerator.device, dtype=torch.float32 if accelerator.device.type == "mps" else torch.float64)
+    t = values.to(accelerator.device, dtype=_reduce_dtype(accelerator))
     means = t[:-1].clone()
     flag = t[-1:].clone()
     tdist.all_reduce(means, op=tdist.ReduceOp.SUM)
@@ -375,7 +383,7 @@ def _mean_valid_steps(accelerator, masks: list[torch.Tensor]) -> Optional[torch.
     parts = accelerator.num_processes * len(masks)
     if parts == 1:
         return None
-    count = sum(m.sum() for m in masks).to(torch.float64 if accelerator.device.type == "cpu" else torch.float32)
+    count = sum(m.sum() for m in masks).to(_reduce_dtype(accelerator))
     if accelerator.num_processes > 1:
         import torch.distributed as tdist
 

@@ -263,6 +263,15 @@ def _dataset_metadata(
     return meta
 
 
+def _finish(dataset_id, env_id, episodes, obs_space, act_space, provenance, seed, num_steps, num_envs, elapsed,
+            metadata, ref_min_score, ref_max_score, description, algorithm_name, overwrite) -> minari.MinariDataset:
+    """Add the provenance every collection records, then write the dataset atomically."""
+    provenance = {**provenance, "seed": int(seed), "num_steps_requested": int(num_steps), "num_envs": int(num_envs),
+                  "collection_seconds": round(elapsed, 3), "lamo_scale_version": _lamo_version(), **(metadata or {})}
+    meta = _dataset_metadata(dataset_id, env_id, provenance, ref_min_score, ref_max_score, description, algorithm_name)
+    return _write_dataset(dataset_id, env_id, episodes, obs_space, act_space, meta, overwrite)
+
+
 def collect_dataset(
     dataset_id: str,
     env_id: str,
@@ -296,19 +305,9 @@ def collect_dataset(
         raise RuntimeError(f"no episode finished within the budget of {num_steps} steps in {env_id}")
     elapsed = time.perf_counter() - start
 
-    provenance = {
-        "env_id": env_id,
-        **_policy_provenance(policy),
-        "action_noise": float(action_noise),
-        "seed": int(seed),
-        "num_steps_requested": int(num_steps),
-        "num_envs": int(num_envs),
-        "collection_seconds": round(elapsed, 3),
-        "lamo_scale_version": _lamo_version(),
-        **(metadata or {}),
-    }
-    meta = _dataset_metadata(dataset_id, env_id, provenance, ref_min_score, ref_max_score, description, algorithm_name)
-    return _write_dataset(dataset_id, env_id, episodes, obs_space, act_space, meta, overwrite)
+    provenance = {"env_id": env_id, **_policy_provenance(policy), "action_noise": float(action_noise)}
+    return _finish(dataset_id, env_id, episodes, obs_space, act_space, provenance, seed, num_steps, num_envs,
+                   elapsed, metadata, ref_min_score, ref_max_score, description, algorithm_name, overwrite)
 
 
 @dataclass
@@ -399,19 +398,10 @@ def collect_mixture(
             "return_mean": float(_returns(eps).mean()),
         })
     elapsed = time.perf_counter() - start
-    provenance = {
-        "env_id": env_id,
-        "policy": "mix:" + "+".join(c["label"] for c in components),
-        "mixture": components,
-        "seed": int(seed),
-        "num_steps_requested": int(num_steps),
-        "num_envs": int(num_envs),
-        "collection_seconds": round(elapsed, 3),
-        "lamo_scale_version": _lamo_version(),
-        **(metadata or {}),
-    }
-    meta = _dataset_metadata(dataset_id, env_id, provenance, ref_min_score, ref_max_score, description, algorithm_name)
-    return _write_dataset(dataset_id, env_id, episodes, obs_space, act_space, meta, overwrite)
+    provenance = {"env_id": env_id, "policy": "mix:" + "+".join(c["label"] for c in components),
+                  "mixture": components}
+    return _finish(dataset_id, env_id, episodes, obs_space, act_space, provenance, seed, num_steps, num_envs,
+                   elapsed, metadata, ref_min_score, ref_max_score, description, algorithm_name, overwrite)
 
 
 def dataset_report(dataset_ids: list[str] | None = None) -> list[dict[str, Any]]:
