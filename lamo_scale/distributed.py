@@ -77,7 +77,9 @@ def make_accelerator(mixed_precision: str, grad_accum: int):
     expected = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != expected:
         raise RuntimeError(f"launcher started {expected} processes but this one joined a world of "
-                           f"{accelerator.num_processes} ({mode}): the ranks would train apart, refusing")
+                           f"{accelerator.num_processes} ({mode}): the ranks would train apart, refusing. "
+                           "Launch with `accelerate launch --config_file ds_configs/accelerate_<mode>.yaml` (or "
+                           "torchrun) so RANK/WORLD_SIZE/MASTER_ADDR and the ACCELERATE_USE_* flags are set.")
     log.info("rank %d/%d, mode %s, distributed_type %s, device %s", accelerator.process_index,
              accelerator.num_processes, mode, accelerator.distributed_type, accelerator.device)
     return accelerator
