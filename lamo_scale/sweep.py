@@ -18,7 +18,9 @@ A grid file::
 Every run gets a deterministic name (its key) and MLflow tags for each axis (``sweep``,
 ``sweep.key``, ``variant``, ``task``, ``axis.<key>``). A run whose MLflow run is FINISHED
 (and evaluated, when ``evaluate``) is skipped, so an interrupted sweep resumes where it
-stopped; an unfinished run restarts with ``train.resume=auto`` from its last checkpoint.
+stopped; an unfinished run restarts with ``train.resume=auto`` from its last checkpoint. Local
+sweeps run seed-major (every cell's first seed, then every cell's second, ...), so a sweep cut
+short still compares every variant.
 """
 from __future__ import annotations
 
@@ -49,6 +51,8 @@ class RunSpec:
     recipes: list[str]
     overrides: list[str]
     tags: dict[str, str] = field(default_factory=dict)
+    wave: int = 0
+    """Position of this run's value on the grid's last axis (seeds, by convention)."""
 
     def command(self) -> list[str]:
         """The ``lamo-scale train`` command line of this run."""
@@ -102,7 +106,8 @@ def load_grid(path: str | Path) -> Grid:
             f"train.output_dir={output_dir}", "train.keep_checkpoints=0", "train.resume=auto",
             "tracking.tags={" + ", ".join(f"'{k}': '{v}'" for k, v in tags.items()) + "}"]
         load_config([recipe, *overlays], overrides)  # refuse a bad grid before running anything
-        runs.append(RunSpec(key, [recipe, *overlays], overrides, tags))
+        wave = list(axes.values())[-1].index(values[-1]) if axes else 0
+        runs.append(RunSpec(key, [recipe, *overlays], overrides, tags, wave))
     keys = [r.key for r in runs]
     if len(set(keys)) != len(keys):
         raise ConfigError(f"grid {path}: two runs share a name; make recipes/variants/axes distinct")
@@ -170,12 +175,21 @@ def run_one(grid: Grid, spec: RunSpec, log_dir: Optional[Path] = None) -> int:
     return code
 
 
+def pending_runs(grid: Grid, states: dict[str, str]) -> list[RunSpec]:
+    """The runs still to do, in the order a local sweep runs them.
+
+    Every cell gets its first value of the last axis (its first seed) before any gets its second,
+    so a sweep stopped part-way, or time-boxed, already holds complete comparisons; within a wave
+    the grid's own order is kept (sorted() is stable).
+    """
+    return sorted((r for r in grid.runs if not is_done(grid, states[r.key])), key=lambda r: r.wave)
+
+
 def run_local(grid: Grid, parallel: int = 1, log_dir: Optional[Path] = None) -> dict[str, int]:
     """Run every unfinished run, ``parallel`` at a time; returns ``key -> exit code`` of those run."""
     from concurrent.futures import ThreadPoolExecutor
 
-    states = run_states(grid)
-    todo = [r for r in grid.runs if not is_done(grid, states[r.key])]
+    todo = pending_runs(grid, run_states(grid))
     log.info("sweep %s: %d runs, %d done, %d to run", grid.name, len(grid.runs), len(grid.runs) - len(todo), len(todo))
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         codes = dict(zip([r.key for r in todo], pool.map(lambda r: run_one(grid, r, log_dir), todo)))
