@@ -42,7 +42,7 @@ def cmd_train(argv: list[str]) -> int:
 
 def cmd_collect(args: argparse.Namespace) -> int:
     """``lamo-scale collect``: write a Minari dataset from a built-in collection recipe."""
-    from lamo_scale.data.collect import COLLECT_RECIPES, collect_recipe
+    from lamo_scale.data.collect import COLLECT_RECIPES, behaviour_score, collect_recipe
 
     if args.list or not args.recipe:
         rows = [{"recipe": name, "dataset id": r.dataset_id, "env": r.env_id, "policy": r.policy,
@@ -131,15 +131,6 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _behaviour_score(dataset_id: str):
-    """Mean normalised score of a local dataset's own episodes (None if unknown)."""
-    from lamo_scale.data.collect import dataset_report
-
-    rows = dataset_report([dataset_id])
-    score = rows[0].get("score") if rows else None
-    return score if isinstance(score, (int, float)) else None
-
-
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """``lamo-scale quickstart``: make data if missing, train the quickstart recipe, evaluate, report."""
     from lamo_scale.config import load_config
@@ -169,7 +160,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     report = evaluate_checkpoint(result.checkpoint)
     print()
     print(results_table(report))
-    behaviour = _behaviour_score(cfg.data.dataset)
+    behaviour = behaviour_score(cfg.data.dataset)
     if behaviour is not None:
         print(f"(for comparison, the behaviour data's own episodes score {behaviour:.1f} normalised; "
               f"the quickstart trains for minutes, the paper for 100k steps)")

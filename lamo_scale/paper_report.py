@@ -20,6 +20,16 @@ from lamo_scale.rollout.plots import eval_curves
 
 VARIANT_ORDER = ["lamo", "dt", "random-init", "no-language", "linear-embedding", "full-finetune", "frozen"]
 
+# What the paper claims each comparison with LaMo shows (LaMo ahead of the variant).
+CLAIMS = {
+    "dt": "a pre-trained LM backbone beats Decision Transformer",
+    "random-init": "pre-training matters (LaMo beats the same model from random init)",
+    "no-language": "the auxiliary language loss helps",
+    "linear-embedding": "MLP embeddings beat linear ones",
+    "full-finetune": "LoRA on a frozen backbone beats full fine-tuning",
+    "frozen": "LoRA beats a fully frozen backbone",
+}
+
 
 @dataclass
 class RunScore:
@@ -73,6 +83,41 @@ def _fmt(values: list[float]) -> str:
     return f"{mean:.1f} ± {std:.1f} (n={len(values)})"
 
 
+def compare(lamo: list[float], other: list[float]) -> tuple[float, float, str]:
+    """``(difference of means, its standard error, verdict)`` of LaMo minus another variant.
+
+    The verdict says "LaMo ahead" / "LaMo behind" only when the difference exceeds twice its
+    (Welch) standard error, else "no clear difference"; with one seed on a side there is no
+    error bar and the verdict says so.
+    """
+    diff = statistics.fmean(lamo) - statistics.fmean(other)
+    if min(len(lamo), len(other)) < 2:
+        side = "ahead" if diff > 0 else "behind" if diff < 0 else "level"
+        return diff, math.nan, f"LaMo {side} (one seed: no error bar)"
+    se = math.sqrt(statistics.variance(lamo) / len(lamo) + statistics.variance(other) / len(other))
+    if diff > 2 * se:
+        return diff, se, "LaMo ahead"
+    if diff < -2 * se:
+        return diff, se, "LaMo behind"
+    return diff, se, "no clear difference"
+
+
+def claims(scores: list[RunScore]) -> list[str]:
+    """Markdown table: for every (task, ratio) and every variant beside LaMo, the paper's claim and whether it held."""
+    cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for s in scores:
+        cells[(s.task, s.ratio)][s.variant].append(s.score)
+    lines = ["| task | data ratio | claim | LaMo − variant | verdict |", "|---|---|---|---|---|"]
+    for (task, ratio), by_variant in sorted(cells.items()):
+        if "lamo" not in by_variant:
+            continue
+        for variant in [v for v in VARIANT_ORDER if v in by_variant and v != "lamo"]:
+            diff, se, verdict = compare(by_variant["lamo"], by_variant[variant])
+            err = "" if math.isnan(se) else f" ± {se:.1f}"
+            lines.append(f"| {task} | {ratio} | {CLAIMS[variant]} ({variant}) | {diff:+.1f}{err} | {verdict} |")
+    return lines if len(lines) > 2 else []
+
+
 def table(scores: list[RunScore]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the task × ratio × variant table (mean ± std over seeds)."""
     cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -86,16 +131,29 @@ def table(scores: list[RunScore]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def markdown(scores: list[RunScore], experiment: str, notes: str = "") -> str:
-    """The report as Markdown: the table, which datasets are D4RL-like, and the per-run scores."""
+def markdown(scores: list[RunScore], experiment: str, notes: str = "",
+             behaviour: Optional[dict[str, float]] = None) -> str:
+    """The report as Markdown: the table, the paper's claims checked, the datasets, and the per-run scores.
+
+    ``behaviour``: dataset id -> normalised score of the dataset's own episodes, shown for
+    reference (a policy that merely imitates the data scores about that).
+    """
     header, rows = table(scores)
     lines = [f"# Results: {experiment}", "",
              "Normalised score (D4RL normalisation), the paper's rule: best target return, mean over the "
-             "last 20 % of evaluated checkpoints; mean ± std over seeds.", ""]
+             "last 20 % of evaluated checkpoints; mean ± std over seeds (population std, as numpy's std).", ""]
     if notes:
         lines += [notes, ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    claim_lines = claims(scores)
+    if claim_lines:
+        lines += ["", "## The paper's claims on this data", "",
+                  "LaMo's mean minus the variant's, ± its standard error (Welch); a verdict other than "
+                  "\"no clear difference\" needs the gap to exceed twice the standard error.", ""] + claim_lines
+    if behaviour:
+        lines += ["", "Behaviour data (the datasets' own episodes, normalised, all episodes): "
+                  + ", ".join(f"`{d}` {v:.1f}" for d, v in sorted(behaviour.items())) + "."]
     made_here = sorted({s.dataset for s in scores if s.dataset.startswith("lamo/")})
     if made_here:
         lines += ["", "Datasets made by `lamo-scale collect` (D4RL-like: same envs and normalisation, not the "
@@ -144,11 +202,15 @@ def plot(scores: list[RunScore], path: str | Path) -> Path:
 def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, notes: str = "",
                  log_to_mlflow: bool = True) -> tuple[Path, Path, list[RunScore]]:
     """Write ``report.md`` and ``curves.png`` to ``out_dir`` and log both to a ``report`` run."""
+    from lamo_scale.data.collect import behaviour_score
+
     scores = collect_scores(tracking_uri, experiment)
+    behaviour = {d: b for d in sorted({s.dataset for s in scores if s.dataset})
+                 if (b := behaviour_score(d)) is not None}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "report.md"
-    md.write_text(markdown(scores, experiment, notes))
+    md.write_text(markdown(scores, experiment, notes, behaviour))
     png = plot(scores, out_dir / "curves.png")
     if log_to_mlflow:
         import mlflow

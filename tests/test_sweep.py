@@ -5,6 +5,8 @@ import pytest
 from mlflow import MlflowClient
 
 from lamo_scale.config import ConfigError, load_config
+from lamo_scale.data.collect import behaviour_score
+from lamo_scale.paper_report import compare
 from lamo_scale.sweep import is_done, load_grid, pending_runs, run_local, run_one, run_states, slurm_array_script
 
 from conftest import REPO, TINY
@@ -80,7 +82,8 @@ def test_half_done_sweep_resumes_without_redoing_runs(tmp_path, reacher_dataset)
     md, png, scores = write_report(grid.tracking_uri, "sweep-test", tmp_path / "report", notes="tiny test sweep")
     assert png.stat().st_size > 1000 and len(scores) == 4
     text = md.read_text()
-    assert "| task | data ratio | lamo | dt |" in text and "`" + reacher_dataset + "`" not in text
+    assert "| task | data ratio | lamo | dt |" in text and "D4RL-like" not in text  # test/ data is not lamo/-made
+    assert f"`{reacher_dataset}` {behaviour_score(reacher_dataset):.1f}." in text  # behaviour reference
     for run in runs:
         history = client.get_metric_history(run.info.run_id, "eval/50/normalized_score")
         last = sorted(history, key=lambda m: m.step)[-1].value  # one checkpoint: last 20 % = it
@@ -89,6 +92,12 @@ def test_half_done_sweep_resumes_without_redoing_runs(tmp_path, reacher_dataset)
         assert len(match) == 1 and match[0].score == pytest.approx(last) and match[0].best_target == "50"
         cell = f"{last:.1f} ± 0.0 (n=1)"
         assert cell in text
+    for ratio in ("0.5", "1.0"):  # the claims table: LaMo minus DT, from the same MLflow numbers
+        by_variant = {s.variant: s.score for s in scores if s.ratio == ratio}
+        diff = by_variant["lamo"] - by_variant["dt"]
+        side = "ahead" if diff > 0 else "behind" if diff < 0 else "level"
+        assert (f"| {ratio} | a pre-trained LM backbone beats Decision Transformer (dt) | {diff:+.1f} | "
+                f"LaMo {side} (one seed: no error bar) |") in text
     assert any(r.data.tags.get("report") == "true" for r in client.search_runs(
         [client.get_experiment_by_name("sweep-test").experiment_id]))
 
@@ -104,3 +113,11 @@ def test_cpu_grid_is_the_paper_grid_cut_to_reacher2d_and_runs_seed_major():
     assert [r.wave for r in pending_runs(grid, done)] == [1] * 8 + [2] * 8
     cfg = load_config(order[0].recipes, order[0].overrides)
     assert (cfg.model.backbone, cfg.data.context_len, cfg.eval.episodes, cfg.train.steps) == ("smollm2-135m", 5, 20, 240)
+
+
+def test_claim_verdicts_need_the_gap_to_exceed_twice_its_standard_error():
+    diff, se, verdict = compare([30.0, 32.0, 31.0], [20.0, 21.0, 19.0])
+    assert diff == pytest.approx(11.0) and se == pytest.approx((2 / 3) ** 0.5) and verdict == "LaMo ahead"
+    assert compare([20.0, 21.0, 19.0], [30.0, 32.0, 31.0])[2] == "LaMo behind"
+    assert compare([30.0, 20.0, 25.0], [24.0, 26.0, 25.0])[2] == "no clear difference"
+    assert compare([30.0], [31.0])[2] == "LaMo behind (one seed: no error bar)"

@@ -33,13 +33,14 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import logging
+import math
 import os
 import shutil
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import gymnasium as gym
 import minari
@@ -402,6 +403,16 @@ def collect_mixture(
                   "mixture": components}
     return _finish(dataset_id, env_id, episodes, obs_space, act_space, provenance, seed, num_steps, num_envs,
                    elapsed, metadata, ref_min_score, ref_max_score, description, algorithm_name, overwrite)
+
+
+def behaviour_score(dataset_id: str) -> Optional[float]:
+    """Mean normalised score of a local dataset's own episodes (None if it is not here or has no reference)."""
+    try:
+        rows = dataset_report([dataset_id])
+    except Exception:  # not in this store (e.g. a report built on another machine)
+        return None
+    score = rows[0].get("score") if rows else None
+    return score if isinstance(score, (int, float)) and math.isfinite(score) else None
 
 
 def dataset_report(dataset_ids: list[str] | None = None) -> list[dict[str, Any]]:
