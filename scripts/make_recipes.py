@@ -19,6 +19,7 @@ TARGETS = {"hopper": [3600, 2600, 2200, 1800], "halfcheetah": [12000, 8000, 6000
 MUJOCO_DATA = {"medium": "medium-v0", "medium-replay": "medium-replay-like-v0", "medium-expert": "medium-expert-v0"}
 RATIOS = {"r0.01": 0.01, "r0.1": 0.1, "r1": 1.0}
 VARIANTS = {"lamo": [], "dt": ["ablations/dt"]}
+TITLES = {"lamo": "LaMo", "dt": "Decision Transformer"}
 
 
 def recipe(name: str, bases: list[str], body: str, about: str) -> str:
@@ -40,18 +41,18 @@ def grid() -> dict[str, str]:
                     body = (f"data:\n  dataset: lamo/{env}/{ds}\n  data_ratio: {ratio}\n"
                             f"eval:\n  target_returns: {targets}\n")
                     files[name] = recipe(name, ["_mujoco", *extra], body,
-                                         f"{variant.upper()} on {env} {kind}, {ratio:g} of the trajectories{like}.")
+                                         f"{TITLES[variant]} on {env} {kind}, {ratio:.0%} of the trajectories{like}.")
     for rname, ratio in RATIOS.items():
         for variant, extra in VARIANTS.items():
             name = f"reacher2d-{rname}-{variant}"
             body = f"data:\n  dataset: lamo/reacher2d/medium-v0\n  data_ratio: {ratio}\n"
             files[name] = recipe(name, ["_reacher2d", *extra], body,
-                                 f"{variant.upper()} on sparse Reacher2d, {ratio:g} of the trajectories.")
+                                 f"{TITLES[variant]} on sparse Reacher2d, {ratio:.0%} of the trajectories.")
     for split in ("complete", "partial", "mixed"):
         for variant, extra in VARIANTS.items():
             name = f"kitchen-{split}-{variant}"
             body = f"data:\n  dataset: D4RL/kitchen/{split}-v2\n  download: true\n"
-            files[name] = recipe(name, ["_kitchen", *extra], body, f"{variant.upper()} on D4RL Kitchen {split}.")
+            files[name] = recipe(name, ["_kitchen", *extra], body, f"{TITLES[variant]} on D4RL Kitchen {split}.")
     return {f"{k}.yaml": v for k, v in files.items()}
 
 
