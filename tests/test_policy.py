@@ -137,3 +137,25 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
         grads.append({n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad})
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-7)
+
+
+def test_random_init_is_a_function_of_the_seed_even_when_threads_build_at_once():
+    # A sweep evaluates runs in threads of one process; a random-init backbone is frozen and never
+    # saved, so each build must reproduce it from the seed alone (the checkpoint's fingerprint).
+    import threading
+
+    extra = ["model.tiny_layers=4", "model.tiny_width=64"]
+    expected = make(*extra)[0].frozen_fingerprint()
+    barrier, prints = threading.Barrier(4), []
+
+    def build():
+        barrier.wait()
+        for _ in range(3):
+            prints.append(make(*extra)[0].frozen_fingerprint())
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert prints == [expected] * 12

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 
 import numpy as np
 import torch
@@ -171,12 +172,24 @@ class LaMoPolicy(nn.Module):
         return trainable, total
 
 
+# Initialisation draws from torch's process-wide RNG: two threads building at once (a sweep
+# evaluating two runs) would interleave their draws, and a random-init backbone, which is
+# frozen and never saved, could then not be rebuilt bit-for-bit from its seed.
+_BUILD_LOCK = threading.Lock()
+
+
 def build_policy(cfg: ModelConfig, state_dim: int, act_dim: int, action_low=None, action_high=None,
                  seed: int = 0, language_loss: bool = True):
     """Load the backbone, apply the fine-tuning mode, add embeddings/heads; returns ``(policy, tokenizer)``.
 
     ``language_loss=False`` (λ = 0) leaves the token embeddings / LM head frozen under full fine-tuning.
+    Every weight is a function of ``seed`` alone, also when threads build policies at the same time.
     """
+    with _BUILD_LOCK:
+        return _build_policy(cfg, state_dim, act_dim, action_low, action_high, seed, language_loss)
+
+
+def _build_policy(cfg, state_dim, act_dim, action_low, action_high, seed, language_loss):
     lm, tokenizer = load_backbone(cfg, seed=seed)
     if cfg.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
