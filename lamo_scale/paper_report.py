@@ -83,23 +83,26 @@ def _fmt(values: list[float]) -> str:
     return f"{mean:.1f} ± {std:.1f} (n={len(values)})"
 
 
-def compare(lamo: list[float], other: list[float]) -> tuple[float, float, str]:
-    """``(difference of means, its standard error, verdict)`` of LaMo minus another variant.
+def compare(lamo: list[float], other: list[float]) -> tuple[float, float, float, str]:
+    """``(difference of means, its standard error, 95 % threshold, verdict)`` of LaMo minus a variant.
 
-    The verdict says "LaMo ahead" / "LaMo behind" only when the difference exceeds twice its
-    (Welch) standard error, else "no clear difference"; with one seed on a side there is no
-    error bar and the verdict says so.
+    Welch's two-sided t-test at 5 %: the verdict says "LaMo ahead" / "LaMo behind" only when the
+    difference exceeds ``t(0.975, Welch df) x SE`` (the threshold), else "no clear difference".
+    With one seed on a side there is no error bar and the verdict says so (threshold NaN).
     """
+    from scipy.stats import t as student_t
+
     diff = statistics.fmean(lamo) - statistics.fmean(other)
+    side = "ahead" if diff > 0 else "behind" if diff < 0 else "level"
     if min(len(lamo), len(other)) < 2:
-        side = "ahead" if diff > 0 else "behind" if diff < 0 else "level"
-        return diff, math.nan, f"LaMo {side} (one seed: no error bar)"
-    se = math.sqrt(statistics.variance(lamo) / len(lamo) + statistics.variance(other) / len(other))
-    if diff > 2 * se:
-        return diff, se, "LaMo ahead"
-    if diff < -2 * se:
-        return diff, se, "LaMo behind"
-    return diff, se, "no clear difference"
+        return diff, math.nan, math.nan, f"LaMo {side} (one seed: no error bar)"
+    a, b = statistics.variance(lamo) / len(lamo), statistics.variance(other) / len(other)
+    se = math.sqrt(a + b)
+    if se == 0:
+        return diff, 0.0, 0.0, "no clear difference" if diff == 0 else f"LaMo {side}"
+    df = (a + b) ** 2 / (a ** 2 / (len(lamo) - 1) + b ** 2 / (len(other) - 1))
+    threshold = float(student_t.ppf(0.975, df)) * se
+    return diff, se, threshold, f"LaMo {side}" if abs(diff) > threshold else "no clear difference"
 
 
 def claims(scores: list[RunScore]) -> list[str]:
@@ -107,14 +110,15 @@ def claims(scores: list[RunScore]) -> list[str]:
     cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for s in scores:
         cells[(s.task, s.ratio)][s.variant].append(s.score)
-    lines = ["| task | data ratio | claim | LaMo − variant | verdict |", "|---|---|---|---|---|"]
+    lines = ["| task | data ratio | claim | LaMo − variant (± SE) | 95 % threshold | verdict |",
+             "|---|---|---|---|---|---|"]
     for (task, ratio), by_variant in sorted(cells.items()):
         if "lamo" not in by_variant:
             continue
         for variant in [v for v in VARIANT_ORDER if v in by_variant and v != "lamo"]:
-            diff, se, verdict = compare(by_variant["lamo"], by_variant[variant])
-            err = "" if math.isnan(se) else f" ± {se:.1f}"
-            lines.append(f"| {task} | {ratio} | {CLAIMS[variant]} ({variant}) | {diff:+.1f}{err} | {verdict} |")
+            diff, se, threshold, verdict = compare(by_variant["lamo"], by_variant[variant])
+            err, bar = ("", "—") if math.isnan(se) else (f" ± {se:.1f}", f"{threshold:.1f}")
+            lines.append(f"| {task} | {ratio} | {CLAIMS[variant]} ({variant}) | {diff:+.1f}{err} | {bar} | {verdict} |")
     return lines if len(lines) > 2 else []
 
 
@@ -149,8 +153,9 @@ def markdown(scores: list[RunScore], experiment: str, notes: str = "",
     claim_lines = claims(scores)
     if claim_lines:
         lines += ["", "## The paper's claims on this data", "",
-                  "LaMo's mean minus the variant's, ± its standard error (Welch); a verdict other than "
-                  "\"no clear difference\" needs the gap to exceed twice the standard error.", ""] + claim_lines
+                  "LaMo's mean minus the variant's, ± its standard error; a verdict other than "
+                  "\"no clear difference\" needs the gap to pass Welch's two-sided t-test at 5 % (the "
+                  "threshold is t(0.975, Welch df) × SE: with 2 seeds a side it is 4–13 SE).", ""] + claim_lines
     if behaviour:
         lines += ["", "Behaviour data (the datasets' own episodes, normalised, all episodes): "
                   + ", ".join(f"`{d}` {v:.1f}" for d, v in sorted(behaviour.items())) + "."]

@@ -97,7 +97,7 @@ def test_half_done_sweep_resumes_without_redoing_runs(tmp_path, reacher_dataset)
         diff = by_variant["lamo"] - by_variant["dt"]
         side = "ahead" if diff > 0 else "behind" if diff < 0 else "level"
         assert (f"| {ratio} | a pre-trained LM backbone beats Decision Transformer (dt) | {diff:+.1f} | "
-                f"LaMo {side} (one seed: no error bar) |") in text
+                f"— | LaMo {side} (one seed: no error bar) |") in text
     assert any(r.data.tags.get("report") == "true" for r in client.search_runs(
         [client.get_experiment_by_name("sweep-test").experiment_id]))
 
@@ -115,9 +115,13 @@ def test_cpu_grid_is_the_paper_grid_cut_to_reacher2d_two_seeds_and_runs_seed_maj
     assert (cfg.model.backbone, cfg.data.context_len, cfg.eval.episodes, cfg.train.steps) == ("smollm2-135m", 5, 20, 240)
 
 
-def test_claim_verdicts_need_the_gap_to_exceed_twice_its_standard_error():
-    diff, se, verdict = compare([30.0, 32.0, 31.0], [20.0, 21.0, 19.0])
-    assert diff == pytest.approx(11.0) and se == pytest.approx((2 / 3) ** 0.5) and verdict == "LaMo ahead"
-    assert compare([20.0, 21.0, 19.0], [30.0, 32.0, 31.0])[2] == "LaMo behind"
-    assert compare([30.0, 20.0, 25.0], [24.0, 26.0, 25.0])[2] == "no clear difference"
-    assert compare([30.0], [31.0])[2] == "LaMo behind (one seed: no error bar)"
+def test_claim_verdicts_follow_welchs_t_test_at_five_percent():
+    diff, se, threshold, verdict = compare([30.0, 32.0, 31.0], [20.0, 21.0, 19.0])
+    # equal variances (1.0) and n=3 a side: Welch df = 4, t(0.975, 4) = 2.776
+    assert diff == pytest.approx(11.0) and se == pytest.approx((2 / 3) ** 0.5)
+    assert threshold == pytest.approx(2.7764451 * (2 / 3) ** 0.5, rel=1e-6) and verdict == "LaMo ahead"
+    assert compare([20.0, 21.0, 19.0], [30.0, 32.0, 31.0])[3] == "LaMo behind"
+    assert compare([30.0, 20.0, 25.0], [24.0, 26.0, 25.0])[3] == "no clear difference"
+    # two seeds a side: +3.6 +- 1.1 passes a 2-SE rule but not the t-test (df ~ 1.6)
+    assert compare([34.15, 34.9], [31.9, 29.9])[3] == "no clear difference"
+    assert compare([30.0], [31.0])[3] == "LaMo behind (one seed: no error bar)"
