@@ -42,7 +42,7 @@ def cmd_train(argv: list[str]) -> int:
 
 def cmd_collect(args: argparse.Namespace) -> int:
     """``lamo-scale collect``: write a Minari dataset from a built-in collection recipe."""
-    from lamo_scale.data.collect import COLLECT_RECIPES, behaviour_score, collect_recipe
+    from lamo_scale.data.collect import COLLECT_RECIPES, collect_recipe
 
     if args.list or not args.recipe:
         rows = [{"recipe": name, "dataset id": r.dataset_id, "env": r.env_id, "policy": r.policy,
@@ -134,7 +134,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """``lamo-scale quickstart``: make data if missing, train the quickstart recipe, evaluate, report."""
     from lamo_scale.config import load_config
-    from lamo_scale.data.collect import COLLECT_RECIPES, collect_recipe
+    from lamo_scale.data.collect import COLLECT_RECIPES, behaviour_score, collect_recipe
     from lamo_scale.data.trajectories import DatasetNotFoundError, open_dataset
     from lamo_scale.rollout.evaluate import evaluate_checkpoint
     from lamo_scale.tracking import run_url

@@ -92,3 +92,16 @@ def test_paper_grid_is_generated_and_every_recipe_loads():
         ("full", "linear", 0.0, False)
     assert lamo.data.dataset == "lamo/walker2d/medium-replay-like-v0" and lamo.data.data_ratio == 0.01
     assert lamo.eval.target_returns == [5000, 4000, 3000, 2500]
+
+
+@pytest.mark.slow
+def test_quickstart_trains_evaluates_and_prints_the_behaviour_score_beside_its_own(tmp_path, reacher_dataset):
+    from lamo_scale.data.collect import behaviour_score
+
+    args = TINY + [f"data.dataset={reacher_dataset}", "train.steps=3", "train.batch_size=8", "train.checkpoint_every=3",
+                   "loss.language_weight=0", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "eval.episodes=2",
+                   "eval.num_envs=2", "eval.target_returns=[50]"]
+    out = run([str(BIN / "lamo-scale"), "quickstart", "--config", "quickstart-tiny", *args], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"dataset {reacher_dataset} already in the Minari store" in out.stdout and "[3/3] evaluating" in out.stdout
+    assert f"the behaviour data's own episodes score {behaviour_score(reacher_dataset):.1f} normalised" in out.stdout
