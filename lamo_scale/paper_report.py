@@ -105,30 +105,34 @@ def compare(lamo: list[float], other: list[float]) -> tuple[float, float, float,
     return diff, se, threshold, f"LaMo {side}" if abs(diff) > threshold else "no clear difference"
 
 
-def claims(scores: list[RunScore]) -> list[str]:
-    """Markdown table: for every (task, ratio) and every variant beside LaMo, the paper's claim and whether it held."""
+def _cells(scores: list[RunScore]) -> tuple[dict[tuple[str, str], dict[str, list[float]]], list[str]]:
+    """Seed scores by ``(task, ratio)`` then variant, and the variants present in table order."""
     cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for s in scores:
         cells[(s.task, s.ratio)][s.variant].append(s.score)
+    present = {v for row in cells.values() for v in row}
+    return cells, [v for v in VARIANT_ORDER if v in present] + sorted(present - set(VARIANT_ORDER))
+
+
+def claims(scores: list[RunScore]) -> list[str]:
+    """Markdown table: for every (task, ratio) and every variant beside LaMo, the paper's claim and whether it held."""
+    cells, variants = _cells(scores)
     lines = ["| task | data ratio | claim | LaMo − variant (± SE) | 95 % threshold | verdict |",
              "|---|---|---|---|---|---|"]
     for (task, ratio), by_variant in sorted(cells.items()):
         if "lamo" not in by_variant:
             continue
-        for variant in [v for v in VARIANT_ORDER if v in by_variant and v != "lamo"]:
+        for variant in [v for v in variants if v in by_variant and v != "lamo"]:
             diff, se, threshold, verdict = compare(by_variant["lamo"], by_variant[variant])
             err, bar = ("", "—") if math.isnan(se) else (f" ± {se:.1f}", f"{threshold:.1f}")
-            lines.append(f"| {task} | {ratio} | {CLAIMS[variant]} ({variant}) | {diff:+.1f}{err} | {bar} | {verdict} |")
+            claim = CLAIMS.get(variant, f"LaMo beats {variant}")
+            lines.append(f"| {task} | {ratio} | {claim} ({variant}) | {diff:+.1f}{err} | {bar} | {verdict} |")
     return lines if len(lines) > 2 else []
 
 
 def table(scores: list[RunScore]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the task × ratio × variant table (mean ± std over seeds)."""
-    cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for s in scores:
-        cells[(s.task, s.ratio)][s.variant].append(s.score)
-    present = {v for row in cells.values() for v in row}
-    variants = [v for v in VARIANT_ORDER if v in present] + sorted(present - set(VARIANT_ORDER))
+    cells, variants = _cells(scores)
     header = ["task", "data ratio", *variants]
     rows = [[task, ratio, *[_fmt(cells[(task, ratio)].get(v, [])) for v in variants]]
             for task, ratio in sorted(cells)]

@@ -407,11 +407,9 @@ def collect_mixture(
 
 def behaviour_score(dataset_id: str) -> Optional[float]:
     """Mean normalised score of a local dataset's own episodes (None if it is not here or has no reference)."""
-    try:
-        rows = dataset_report([dataset_id])
-    except Exception:  # not in this store (e.g. a report built on another machine)
+    if dataset_id not in list_local():  # e.g. a report built on another machine than the data
         return None
-    score = rows[0].get("score") if rows else None
+    score = dataset_report([dataset_id])[0].get("score")
     return score if isinstance(score, (int, float)) and math.isfinite(score) else None
 
 
