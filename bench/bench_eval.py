@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_eval.py --sizes tiny,small --num-envs 1,8,32 \
         --out bench/results/eval-cpu.json | tee bench/results/eval-cpu.txt
 
-Env: ``LaMoReacher2d-v0`` (obs 10, act 2, episodes of 100 steps that never terminate early).
+Env: ``LaMoReacher2d-v1`` (obs 10, act 2, episodes of 100 steps that never terminate early).
 Policy: the LaMo policy (frozen random-init tiny-gpt2 + LoRA + MLP embeddings/head), eval
 mode, K = 20, identity state statistics, target return 100 (rtg scale 100).
 
@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 SIZES = {"tiny": (3, 128, 1), "small": (12, 768, 12)}
-ENV_ID = "LaMoReacher2d-v0"
+ENV_ID = "LaMoReacher2d-v1"
 RTG_SCALE = 100.0
 TARGET = 100.0
 
@@ -199,7 +199,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     import logging
     logging.disable(logging.WARNING)
-    import lamo_scale.envs  # noqa: F401  (registers LaMoReacher2d-v0)
+    import lamo_scale.envs  # noqa: F401  (registers LaMoReacher2d-v1)
 
     info = _common.machine_info()
     print(_common.machine_line(info))

@@ -113,10 +113,10 @@ def main(argv=None) -> None:
         ns = argparse.Namespace(num_envs=[int(x) for x in args.num_envs.split(",")], horizon_tiny=100,
                                 seq_episodes_tiny=3, repeats_tiny=args.repeats_tiny, env_steps=2000,
                                 context_len=20, seed=0, max_envs_small=0)
-        import lamo_scale.envs  # noqa: F401  (registers LaMoReacher2d-v0)
+        import lamo_scale.envs  # noqa: F401  (registers LaMoReacher2d-v1)
 
         rows = bench_eval.run_config("tiny", "fp32", ns)
-        print("\npart 1: worker evaluation throughput, tiny policy, LaMoReacher2d-v0, K 20")
+        print("\npart 1: worker evaluation throughput, tiny policy, LaMoReacher2d-v1, K 20")
         print(_common.table(rows, [("contender", "contender"), ("env_steps", "steps/run"),
                                    ("env_steps_per_s", "env-steps/s"), ("speedup_vs_sequential", "x vs sequential")]))
 
@@ -124,7 +124,7 @@ def main(argv=None) -> None:
     from lamo_scale.data.trajectories import DatasetNotFoundError, open_dataset
     from lamo_scale.rollout.server import LocalServer
 
-    args.dataset = "bench/reacher2d/medium-v0"
+    args.dataset = "bench/reacher2d/medium-v1"
     try:
         open_dataset(args.dataset)
     except DatasetNotFoundError:

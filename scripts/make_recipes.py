@@ -45,7 +45,7 @@ def grid() -> dict[str, str]:
     for rname, ratio in RATIOS.items():
         for variant, extra in VARIANTS.items():
             name = f"reacher2d-{rname}-{variant}"
-            body = f"data:\n  dataset: lamo/reacher2d/medium-v0\n  data_ratio: {ratio}\n"
+            body = f"data:\n  dataset: lamo/reacher2d/medium-v1\n  data_ratio: {ratio}\n"
             files[name] = recipe(name, ["_reacher2d", *extra], body,
                                  f"{TITLES[variant]} on sparse Reacher2d, {ratio:.0%} of the trajectories.")
     for split in ("complete", "partial", "mixed"):

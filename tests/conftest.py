@@ -39,7 +39,7 @@ def reacher_dataset(minari_store) -> str:
     """A real Minari dataset (scripted controller on Reacher2d, 3,000 steps) made for the session."""
     from lamo_scale.data.collect import collect_recipe
 
-    ds = collect_recipe("reacher2d-medium", num_steps=3000, dataset_id="test/reacher2d/medium-v0", progress=False)
+    ds = collect_recipe("reacher2d-medium", num_steps=3000, dataset_id="test/reacher2d/medium-v1", progress=False)
     return ds.id
 
 

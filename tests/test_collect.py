@@ -24,7 +24,7 @@ from lamo_scale.data.sb3_policy import load_sb3_policy
 
 ZOO = default_zoo_dir()
 needs_zoo = pytest.mark.skipif(not ZOO.is_dir(), reason=f"SB3 zoo policies not found at {ZOO}")
-EXPERT_ID = "lamo/reacher2d/expert-v0"
+EXPERT_ID = "lamo/reacher2d/expert-v1"
 
 
 @pytest.fixture(autouse=True)
@@ -66,42 +66,42 @@ def test_scripted_expert_dataset(store):
     assert meta["dataset_id"] == EXPERT_ID
     assert (meta["ref_min_score"], meta["ref_max_score"]) == (0.0, 100.0)
     prov = meta["lamo_provenance"]
-    assert prov["env_id"] == "LaMoReacher2d-v0" and prov["policy"] == "scripted:reacher-ik-pd"
+    assert prov["env_id"] == "LaMoReacher2d-v1" and prov["policy"] == "scripted:reacher-ik-pd"
     assert prov["action_noise"] == 0.0 and prov["seed"] == 0 and prov["num_steps_requested"] == 3000
     assert prov["recipe"] == "reacher2d-expert" and prov["lamo_scale_version"]
 
     [row] = dataset_report()
-    assert row["id"] == EXPERT_ID and row["env"] == "LaMoReacher2d-v0"
+    assert row["id"] == EXPERT_ID and row["env"] == "LaMoReacher2d-v1"
     assert (row["episodes"], row["steps"]) == (32, 3200)
     assert row["score"] == pytest.approx(np.mean(returns))
     assert row["return_min"] <= row["return_mean"] <= row["return_max"] <= 100
 
     env = ds.recover_environment()
-    assert env.spec.id == "LaMoReacher2d-v0" and env.spec.max_episode_steps == 100
+    assert env.spec.id == "LaMoReacher2d-v1" and env.spec.max_episode_steps == 100
     assert env.reset(seed=0)[0].shape == (10,)
 
 
 def test_env_recoverable_in_fresh_process(store):
     collect_recipe("reacher2d-expert", num_steps=100, num_envs=1, progress=False)
     code = (
-        "import minari; ds = minari.load_dataset('lamo/reacher2d/expert-v0'); env = ds.recover_environment();"
+        "import minari; ds = minari.load_dataset('lamo/reacher2d/expert-v1'); env = ds.recover_environment();"
         "env.reset(seed=0); print(env.spec.id, env.spec.max_episode_steps, env.step(env.action_space.sample())[1])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split()[:2] == ["LaMoReacher2d-v0", "100"]
+    assert out.stdout.split()[:2] == ["LaMoReacher2d-v1", "100"]
 
 
 def test_scripted_medium_is_worse(store):
     ds = collect_recipe("reacher2d-medium", num_steps=2000, progress=False)
     [row] = dataset_report([ds.spec.dataset_id])
-    assert ds.spec.dataset_id == "lamo/reacher2d/medium-v0"
+    assert ds.spec.dataset_id == "lamo/reacher2d/medium-v1"
     assert 30 <= row["score"] <= 60  # measured 42.7 on 20k steps (noise std 2.0)
     assert ds.storage.metadata["lamo_provenance"]["action_noise"] == 2.0
 
 
 def test_seeded_collection_is_reproducible():
     def run():
-        return rollout_episodes("LaMoReacher2d-v0", ReacherIKController(), 400, 4, 7, action_noise=1.0, progress=False)[0]
+        return rollout_episodes("LaMoReacher2d-v1", ReacherIKController(), 400, 4, 7, action_noise=1.0, progress=False)[0]
 
     a, b = run(), run()
     assert len(a) == len(b) == 4
@@ -168,7 +168,7 @@ def test_interrupted_rollout_leaves_nothing(store):
         return controller(obs)
 
     with pytest.raises(RuntimeError, match="policy died"):
-        collect_dataset(EXPERT_ID, "LaMoReacher2d-v0", flaky, 2000, progress=False)
+        collect_dataset(EXPERT_ID, "LaMoReacher2d-v1", flaky, 2000, progress=False)
     assert _list_strict() == {}
     with pytest.raises(FileNotFoundError):
         minari.load_dataset(EXPERT_ID)
@@ -182,7 +182,7 @@ def test_interrupted_write_leaves_nothing(store, monkeypatch):
 
     monkeypatch.setattr(HDF5Storage, "update_episodes", boom)
     with pytest.raises(KeyboardInterrupt):
-        collect_dataset(EXPERT_ID, "LaMoReacher2d-v0", ReacherIKController(), 200, progress=False)
+        collect_dataset(EXPERT_ID, "LaMoReacher2d-v1", ReacherIKController(), 200, progress=False)
     assert _list_strict() == {}
     assert not [p for p in store.rglob("*") if ".tmp-" in p.name]
 
@@ -209,7 +209,7 @@ def test_refuses_overwrite_unless_asked(store):
 
 def test_malformed_id_fails_fast():
     with pytest.raises(ValueError, match="Malformed"):
-        collect_dataset("not a valid id!", "LaMoReacher2d-v0", ReacherIKController(), 100, progress=False)
+        collect_dataset("not a valid id!", "LaMoReacher2d-v1", ReacherIKController(), 100, progress=False)
 
 
 def test_zoo_dir_env_override(monkeypatch, tmp_path):
@@ -259,7 +259,7 @@ def test_mixture_part_envs():
 def test_mixture_fractions_validated(store):
     part = collect_mod.MixturePart(ReacherIKController(), 0.6, label="a")
     with pytest.raises(ValueError, match="sum to 1"):
-        collect_mod.collect_mixture("lamo/x/y-v0", "LaMoReacher2d-v0", [part, part], 400, progress=False)
+        collect_mod.collect_mixture("lamo/x/y-v0", "LaMoReacher2d-v1", [part, part], 400, progress=False)
     assert _list_strict() == {}
 
 

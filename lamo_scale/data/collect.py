@@ -23,7 +23,7 @@ Kitchen is not collected: its data is Minari's ``D4RL/kitchen/complete-v2``,
 ``partial-v2``, ``mixed-v2`` (``KITCHEN_DATASETS``; download needs network, and the
 ``FrankaKitchen-v1`` env needs gymnasium-robotics with mujoco <= 3.x).
 
-    lamo-scale collect --recipe reacher2d-expert            # -> lamo/reacher2d/expert-v0
+    lamo-scale collect --recipe reacher2d-expert            # -> lamo/reacher2d/expert-v1
     lamo-scale collect --recipe hopper-medium-expert        # -> lamo/hopper/medium-expert-v0
     lamo-scale datasets                                     # behaviour scores of the local data
 """
@@ -414,7 +414,9 @@ def behaviour_score(dataset_id: str) -> Optional[float]:
 
 
 def dataset_report(dataset_ids: list[str] | None = None) -> list[dict[str, Any]]:
-    """One row per local dataset: id, env, episodes, steps, return mean/min/max and the data's normalised score.
+    """One row per local dataset: id, env, episodes, steps, return mean/min/max, the data's normalised score
+    and ``learnable``: the fraction of its action variance a model of the state can predict
+    (:mod:`lamo_scale.data.diagnostics`; near 0 = the actions are mostly noise).
 
     ``score`` is the D4RL-normalised mean episode return of the data (``score_min`` /
     ``score_max``: of its worst / best episode), with the dataset's ``ref_min_score`` /
@@ -436,6 +438,7 @@ def dataset_report(dataset_ids: list[str] | None = None) -> list[dict[str, Any]]
         hi = float(returns.max()) if returns.size else nan
         has_ref = ref_min is not None and ref_max is not None
         prov = meta.get("lamo_provenance") or {}
+        floor = _noise_floor(dataset)
         rows.append(
             {
                 "id": dataset_id,
@@ -448,10 +451,26 @@ def dataset_report(dataset_ids: list[str] | None = None) -> list[dict[str, Any]]
                 "score": normalized_score(mean, ref_min, ref_max) if has_ref else None,
                 "score_min": normalized_score(lo, ref_min, ref_max) if has_ref else None,
                 "score_max": normalized_score(hi, ref_min, ref_max) if has_ref else None,
+                "learnable": floor["learnable_fraction"] if floor else None,
                 "behaviour": prov.get("policy") if isinstance(prov, dict) else None,
             }
         )
     return rows
+
+
+def _noise_floor(dataset: minari.MinariDataset) -> Optional[dict[str, float]]:
+    """The action noise floor of a dataset with array observations (None for dict observations)."""
+    from lamo_scale.data.diagnostics import action_noise_floor
+
+    states, actions = [], []
+    for episode in dataset.iterate_episodes():
+        if isinstance(episode.observations, dict) or len(episode.actions) == 0:
+            return None
+        states.append(np.asarray(episode.observations)[: len(episode.actions)])
+        actions.append(np.asarray(episode.actions))
+    if not states or sum(len(a) for a in actions) <= 10:
+        return None
+    return action_noise_floor(np.concatenate(states), np.concatenate(actions))
 
 
 # ---------------------------------------------------------------------------------------
@@ -464,7 +483,8 @@ def dataset_report(dataset_ids: list[str] | None = None) -> list[dict[str, Any]]
 # | <env>-medium-expert             | lamo/<env>/medium-expert-v0           | medium ∪ expert, half the budget each       |
 # | <env>-medium-replay-like        | lamo/<env>/medium-replay-like-v0      | mixture of weaker zoo policies + random     |
 # | pointmaze-umaze / -medium       | lamo/pointmaze/{umaze,medium}-v0      | BFS waypoint + PD controller, N(0, 0.5²)    |
-# | reacher2d-expert / -medium      | lamo/reacher2d/{expert,medium}-v0     | IK + PD controller (+ noise)                |
+# | reacher2d-expert                | lamo/reacher2d/expert-v1              | IK + PD controller                          |
+# | reacher2d-medium                | lamo/reacher2d/medium-v1              | mid-training PPO, sampled actions (paper)   |
 #
 # <env> is hopper, halfcheetah, walker2d (gymnasium v5 MuJoCo). Kitchen is not collected
 # here, see KITCHEN_DATASETS.
@@ -510,7 +530,8 @@ class CollectRecipe:
     env_id: str
     """Gymnasium env id rolled out."""
     policy: str
-    """``"reacher-ik"``, ``"pointmaze-waypoint"`` (scripted controllers), ``"random"`` (uniform
+    """``"reacher-ik"``, ``"pointmaze-waypoint"`` (scripted controllers), ``"packaged:<name>"`` (a
+    Gaussian MLP policy shipped in lamo_scale/data/policies), ``"random"`` (uniform
     actions), ``"sb3:<algo>/<folder>"`` inside the SB3 zoo dir, or ``"mix:<labels>"`` for a
     mixture (then :attr:`components` says what is mixed)."""
     num_steps: int
@@ -543,11 +564,14 @@ def _as_component(recipe: CollectRecipe, fraction: float, label: str) -> MixComp
 
 
 COLLECT_RECIPES: dict[str, CollectRecipe] = {
-    "reacher2d-expert": _R("lamo/reacher2d/expert-v0", "LaMoReacher2d-v0", "reacher-ik", 100_000,
+    "reacher2d-expert": _R("lamo/reacher2d/expert-v1", "LaMoReacher2d-v1", "reacher-ik", 100_000,
                            "Reacher2d (sparse reward), scripted IK+PD controller, no noise."),
-    "reacher2d-medium": _R("lamo/reacher2d/medium-v0", "LaMoReacher2d-v0", "reacher-ik", 100_000,
-                           "Reacher2d (sparse reward), scripted IK+PD controller + N(0, 2^2) action noise.",
-                           action_noise=2.0),
+    "reacher2d-medium": _R("lamo/reacher2d/medium-v1", "LaMoReacher2d-v1", "packaged:reacher2d-ppo-medium",
+                           100_000,
+                           "Reacher2d (sparse reward), as the paper's data: a mid-training checkpoint of a PPO agent "
+                           "(Gaussian policy, std decaying 0.6 -> 0.1; this one at std 0.28, about half the final "
+                           "agent's return) acting with its own sampled actions (scripts/train_reacher2d_ppo.py).",
+                           deterministic=False),
     "hopper-medium": _R("lamo/hopper/medium-v0", "Hopper-v5", "sb3:sac/Hopper-v3_1", 1_000_000,
                         f"Hopper-v5, rl-zoo SAC with sampled actions. {_LOCO_NOTE}", deterministic=False),
     "hopper-expert": _R("lamo/hopper/expert-v0", "Hopper-v5", "sb3:tqc/Hopper-v3_1", 1_000_000,
@@ -655,6 +679,10 @@ def build_policy(
         from lamo_scale.data.controllers import ReacherIKController
 
         return ReacherIKController(seed=seed)
+    if spec.startswith("packaged:"):
+        from lamo_scale.data.gaussian_policy import packaged_policy
+
+        return packaged_policy(spec[len("packaged:"):], deterministic=deterministic, seed=seed)
     if spec == "pointmaze-waypoint":
         from lamo_scale.data.controllers import PointMazeWaypointController
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-# Reacher's arm (gymnasium reacher.xml): shoulder→elbow 0.1, elbow→fingertip 0.11.
-REACHER_LINK_LENGTHS = (0.1, 0.11)
+# LaMo's Reacher2d arm (lamo_scale/envs/assets/reacher2d.xml): shoulder→elbow 0.6, elbow→fingertip
+# 0.45; the first link sits at q1 + pi/4 and the second at q1 + q2 (the bodies' axis-angle offsets).
+REACHER_LINK_LENGTHS = (0.6, 0.45)
+_SHOULDER_OFFSET = 0.785
+_ELBOW_RANGE = (-2.0, 3.5)
+_DT = 0.15
 
 
 def _wrap(angle: np.ndarray) -> np.ndarray:
@@ -13,27 +17,23 @@ def _wrap(angle: np.ndarray) -> np.ndarray:
 
 
 class ReacherIKController:
-    """Inverse kinematics + PD torque control for the 2-link Reacher (``Reacher-v5``, ``LaMoReacher2d-v0``).
+    """Inverse kinematics + PD torque control for LaMo's Reacher2d (``LaMoReacher2d-v1``).
 
-    Reads the joint angles (cos/sin), joint velocities and target position from Reacher's
-    10-dim observation, solves the arm's inverse kinematics for the target (keeping the
-    current elbow sign, so the arm does not flip), and applies
-    ``kp * angle_error - kd * joint_velocity``. Gaussian noise with std ``noise_std`` is
-    added before clipping to the torque bounds ``[-1, 1]``: 0 gives expert data, larger
-    values give lower-quality ("medium") data. The noise RNG is seeded.
+    Reads the joint angles (sin/cos), joint velocities (``dt·dq``) and the target from the
+    12-dim observation, solves the arm's inverse kinematics for the target (the elbow branch
+    closest to the current elbow angle that the joint limits allow), and applies
+    ``kp * angle_error - kd * joint_velocity``. Gaussian noise with std ``noise_std`` is added
+    before clipping to the torque bounds ``[-1, 1]``. The noise RNG is seeded. This is the
+    ``reacher2d-expert`` data's controller; ``reacher2d-medium`` comes from a partly trained
+    PPO agent as in the paper (see lamo_scale.data.ppo_policy).
 
-    Called on a batch of observations ``(B, 10)`` (or one ``(10,)``), returns ``(B, 2)``
+    Called on a batch of observations ``(B, 12)`` (or one ``(12,)``), returns ``(B, 2)``
     (or ``(2,)``) float32 actions.
     """
 
-    def __init__(
-        self,
-        noise_std: float = 0.0,
-        seed: int | None = 0,
-        kp: float = 2.0,
-        kd: float = 0.1,
-        link_lengths: tuple[float, float] = REACHER_LINK_LENGTHS,
-    ):
+    def __init__(self, noise_std: float = 0.0, seed: int | None = 0, kp: float = 8.0, kd: float = 2.0,
+                 link_lengths: tuple[float, float] = REACHER_LINK_LENGTHS):
+        """PD gains ``kp`` (per radian) and ``kd`` (per rad/s); ``noise_std`` makes it noisy."""
         self.noise_std = float(noise_std)
         self.kp = float(kp)
         self.kd = float(kd)
@@ -49,23 +49,28 @@ class ReacherIKController:
 
     def target_angles(self, obs: np.ndarray) -> np.ndarray:
         """Joint angles ``(B, 2)`` that put the fingertip on the target (nearest reachable point)."""
-        q2_now = np.arctan2(obs[:, 3], obs[:, 1])
-        tx, ty = obs[:, 4], obs[:, 5]
+        q2_now = np.arctan2(obs[:, 1], obs[:, 3])
+        tx, ty = obs[:, 8], obs[:, 9]
         r2 = tx**2 + ty**2
-        cos_q2 = np.clip((r2 - self.l1**2 - self.l2**2) / (2.0 * self.l1 * self.l2), -1.0, 1.0)
-        elbow = np.where(q2_now >= 0.0, 1.0, -1.0)
-        q2 = elbow * np.arccos(cos_q2)
-        q1 = np.arctan2(ty, tx) - np.arctan2(self.l2 * np.sin(q2), self.l1 + self.l2 * np.cos(q2))
-        return np.stack([q1, q2], axis=1)
+        cos_b = np.clip((r2 - self.l1**2 - self.l2**2) / (2.0 * self.l1 * self.l2), -1.0, 1.0)
+        b = np.arccos(cos_b)  # relative angle of link 2 to link 1, up to sign
+        candidates = np.stack([b, -b], axis=1) + _SHOULDER_OFFSET  # as q2
+        allowed = (candidates >= _ELBOW_RANGE[0]) & (candidates <= _ELBOW_RANGE[1])
+        cost = np.where(allowed, np.abs(candidates - q2_now[:, None]), np.inf)
+        q2 = np.take_along_axis(candidates, np.argmin(cost, axis=1)[:, None], axis=1)[:, 0]
+        rel = q2 - _SHOULDER_OFFSET
+        a1 = np.arctan2(ty, tx) - np.arctan2(self.l2 * np.sin(rel), self.l1 + self.l2 * np.cos(rel))
+        return np.stack([a1 - _SHOULDER_OFFSET, q2], axis=1)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        """Torques for a batch of Reacher observations."""
+        """Torques for a batch of Reacher2d observations."""
         obs = np.asarray(obs, dtype=np.float64)
         single = obs.ndim == 1
         obs = np.atleast_2d(obs)
-        q = np.stack([np.arctan2(obs[:, 2], obs[:, 0]), np.arctan2(obs[:, 3], obs[:, 1])], axis=1)
-        error = _wrap(self.target_angles(obs) - q)
-        action = self.kp * error - self.kd * obs[:, 6:8]
+        q = np.stack([np.arctan2(obs[:, 0], obs[:, 2]), np.arctan2(obs[:, 1], obs[:, 3])], axis=1)
+        goal = self.target_angles(obs)
+        error = np.stack([_wrap(goal[:, 0] - q[:, 0]), goal[:, 1] - q[:, 1]], axis=1)
+        action = self.kp * error - self.kd * obs[:, 4:6] / _DT
         if self.noise_std > 0.0:
             action = action + self.rng.normal(0.0, self.noise_std, size=action.shape)
         action = np.clip(action, -1.0, 1.0).astype(np.float32)

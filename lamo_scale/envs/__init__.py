@@ -1,6 +1,6 @@
 """Environment construction: our gymnasium ids, single and vectorised envs.
 
-Importing this package registers ``LaMoReacher2d-v0`` (the LaMo paper's sparse-reward
+Importing this package registers ``LaMoReacher2d-v1`` (the LaMo paper's sparse-reward
 Reacher2d, see :mod:`lamo_scale.envs.reacher2d`). gymnasium-robotics ids (PointMaze,
 FrankaKitchen) are made available on demand, see :mod:`lamo_scale.envs.pointmaze`.
 """
@@ -11,7 +11,7 @@ import gymnasium as gym
 
 from lamo_scale.envs.pointmaze import ensure_robotics_registered
 
-REACHER2D_ID = "LaMoReacher2d-v0"
+REACHER2D_ID = "LaMoReacher2d-v1"
 REACHER2D_HORIZON = 100
 
 if REACHER2D_ID not in gym.registry:
@@ -23,7 +23,7 @@ if REACHER2D_ID not in gym.registry:
 
 
 def make_env(env_id: str | gym.envs.registration.EnvSpec, **kwargs) -> gym.Env:
-    """Build one environment by id; our own ids (``LaMoReacher2d-v0``) and gymnasium-robotics ids resolve too."""
+    """Build one environment by id; our own ids (``LaMoReacher2d-v1``) and gymnasium-robotics ids resolve too."""
     ensure_robotics_registered(env_id)
     return gym.make(env_id, **kwargs)
 

@@ -28,7 +28,7 @@ REFERENCE_SCORES: dict[str, tuple[float, float]] = {
 
 
 def env_family(env_id: str) -> str | None:
-    """Map an env id (``"Hopper-v5"``, ``"LaMoReacher2d-v0"``, ``"FrankaKitchen-v1"``,
+    """Map an env id (``"Hopper-v5"``, ``"LaMoReacher2d-v1"``, ``"FrankaKitchen-v1"``,
     ``"PointMaze_UMaze-v3"`` -> ``"pointmaze_umaze"``) to its family."""
     name = re.sub(r"-v\d+$", "", env_id.split("/")[-1]).lower()
     if name.startswith("lamo"):
