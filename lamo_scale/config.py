@@ -54,6 +54,12 @@ class ModelConfig:
     """LoRA settings."""
     max_timestep: int = 1024
     """Size of the timestep-embedding table; longer episodes are clamped to the last entry."""
+    input_scale: Optional[float] = None
+    """Initial RMS of the RL tokens fed to the backbone (the embedding LayerNorm's gain and the
+    timestep embedding's std); null = auto: the RMS of the backbone's own token-embedding table."""
+    rl_position_embeddings: bool = False
+    """Add the backbone's absolute position embeddings (GPT-2 wpe) to RL tokens; false = as the
+    official LaMo/DT code (time enters through the timestep embedding only; padding cannot shift it)."""
     backbone_dropout: Optional[float] = None
     """Set every dropout probability inside the backbone to this (null keeps the model's own)."""
     attn_implementation: Optional[str] = None
@@ -74,7 +80,7 @@ class ModelConfig:
 class DataConfig:
     """Offline trajectories from a Minari dataset."""
 
-    dataset: str = "lamo/reacher2d/expert-v0"
+    dataset: str = "lamo/reacher2d/expert-v1"
     """Minari dataset id in the local store, or a path to a dataset directory."""
     download: bool = False
     """Download the dataset from the Minari remote if it is missing locally."""
@@ -134,6 +140,12 @@ class TrainConfig:
     """AdamW weight decay."""
     warmup_steps: int = 2500
     """Linear warm-up steps (learning rate ramps from 0)."""
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """After warm-up: constant (the official code), or a cosine / linear decay to min_lr_ratio at the last step."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate as a fraction of train.lr (cosine / linear schedules)."""
+    backbone_lr: Optional[float] = None
+    """Learning rate of the backbone's trainable weights (LoRA, or all under full fine-tuning); null = train.lr."""
     grad_clip: float = 0.25
     """Global gradient-norm clip; 0 disables."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -338,6 +350,9 @@ def _validate(cfg: Config) -> None:
          f"train.batch_size ({cfg.train.batch_size}) must be divisible by train.grad_accum ({cfg.train.grad_accum})")
     need(cfg.train.lr > 0, "train.lr must be > 0")
     need(cfg.train.warmup_steps >= 0, "train.warmup_steps must be >= 0")
+    need(0.0 <= cfg.train.min_lr_ratio <= 1.0, f"train.min_lr_ratio must be in [0, 1], got {cfg.train.min_lr_ratio}")
+    need(cfg.train.backbone_lr is None or cfg.train.backbone_lr > 0, "train.backbone_lr must be > 0 (or null)")
+    need(cfg.model.input_scale is None or cfg.model.input_scale > 0, "model.input_scale must be > 0 (or null = auto)")
     need(cfg.train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1")
     need(cfg.train.log_every >= 1, "train.log_every must be >= 1")
     need(cfg.loss.language_weight >= 0, "loss.language_weight must be >= 0")

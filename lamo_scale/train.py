@@ -33,6 +33,7 @@ from lamo_scale.data.segments import SegmentStream
 from lamo_scale.data.text import TextBlockStream, corpus_fingerprint, resolve_source
 from lamo_scale.data.trajectories import TrajectoryIndex, load_trajectories, open_dataset
 from lamo_scale.envs.scores import reference_scores
+from lamo_scale.optim import build_optimizer
 from lamo_scale.model import build_policy
 from lamo_scale.tracking import Tracker, run_url
 
@@ -183,10 +184,7 @@ def _train(cfg: Config, preemption: PreemptionFlag) -> TrainResult:
 
         backbone_metrics = check_backbone(policy.causal_lm, tokenizer, heldout, cfg.model.pretrained,
                                           min(cfg.text.block_size, 512), cfg.text.heldout_blocks)
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    warmup = cfg.train.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)))
+    optimizer, scheduler = build_optimizer(policy, cfg.train)
     start_step, run_id = 0, None
     if resume is not None:
         if resume.meta.get("frozen_fingerprint") != fingerprint:

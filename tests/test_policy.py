@@ -159,3 +159,73 @@ def test_random_init_is_a_function_of_the_seed_even_when_threads_build_at_once()
     for t in threads:
         t.join()
     assert prints == [expected] * 12
+
+
+@pytest.mark.parametrize("backbone", ["tiny-gpt2", "tiny-llama"])
+def test_left_padding_does_not_change_the_action(backbone):
+    """Rollout left-pads short windows: the real tokens' action must not depend on how much padding precedes them."""
+    policy, _, _ = make(f"model.backbone={backbone}", "model.backbone_dropout=0.0")
+    policy.eval()
+    real = batch(b=1, k=3)
+
+    def padded(pad):
+        out = {}
+        for key, value in real.items():
+            filler = torch.zeros((1, pad) + value.shape[2:], dtype=value.dtype)
+            out[key] = torch.cat([filler, value], dim=1)
+        return out
+
+    with torch.no_grad():
+        actions = [policy.act(**padded(pad)) for pad in (0, 2, 7)]
+    torch.testing.assert_close(actions[1], actions[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(actions[2], actions[0], atol=1e-5, rtol=1e-5)
+
+
+def test_gpt2_position_embeddings_only_on_request():
+    """No wpe for RL tokens (the official LaMo/DT code); model.rl_position_embeddings=true adds it back."""
+    plain, _, _ = make("model.backbone_dropout=0.0")
+    with_pos, _, _ = make("model.backbone_dropout=0.0")
+    plain.eval(), with_pos.eval()
+    with torch.no_grad():
+        with_pos.transformer.wpe.weight.normal_(0, 1.0)
+        plain.transformer.wpe.weight.copy_(with_pos.transformer.wpe.weight)
+        a, b = plain.act(**batch()), with_pos.act(**batch())
+    assert not torch.allclose(a, b, atol=1e-3)
+    # the text path still uses the positions: wpe is untouched by the RL forward
+    assert plain.transformer.wpe._forward_hooks == {}
+
+
+def test_tokens_arrive_at_the_backbone_embedding_scale_layernorm_before_time():
+    policy, _, _ = make()
+    wte = policy.causal_lm.get_input_embeddings().weight
+    rms = float(wte.pow(2).mean().sqrt())
+    assert policy.input_scale == pytest.approx(rms)
+    torch.testing.assert_close(policy.embed_ln.weight, torch.full_like(policy.embed_ln.weight, rms))
+    assert float(policy.embed_timestep.weight.std()) == pytest.approx(rms, rel=0.05)
+    seen = {}
+    handle = policy.transformer.register_forward_pre_hook(lambda m, a, kw: seen.update(x=kw["inputs_embeds"]),
+                                                          with_kwargs=True)
+    b = batch()
+    with torch.no_grad():
+        policy.act(**b)
+    handle.remove()
+    # official order: LayerNorm(embedding) + timestep embedding
+    stacked = torch.stack([policy.embed_return(b["returns_to_go"]), policy.embed_state(b["states"]),
+                           policy.embed_action(b["actions"])], dim=2)
+    expect = policy.embed_ln(stacked) + policy.embed_timestep(b["timesteps"]).unsqueeze(2)
+    torch.testing.assert_close(seen["x"], expect.reshape_as(seen["x"]).to(seen["x"].dtype))
+    fixed, _, _ = make("model.input_scale=1.0")
+    assert fixed.input_scale == 1.0
+
+
+def test_dt_ablation_is_the_papers_decision_transformer():
+    cfg = load_config(["quickstart", "ablations/dt"])
+    policy, _ = build_policy(cfg.model, 4, 2, -np.ones(2), np.ones(2), seed=0, language_loss=False)
+    config = policy.causal_lm.config
+    assert (config.model_type, config.n_layer, config.n_embd, config.n_head) == ("gpt2", 3, 128, 1)
+    assert config.resid_pdrop == config.attn_pdrop == config.embd_pdrop == 0.1
+    assert isinstance(policy.embed_state, torch.nn.Linear)
+    assert [type(m) for m in policy.action_head] == [torch.nn.Linear, torch.nn.Tanh]
+    assert policy.input_scale == 1.0 and cfg.loss.language_weight == 0
+    backbone = [p for n, p in policy.named_parameters() if n.startswith("lm.") and "wpe" not in n and "wte" not in n]
+    assert backbone and all(p.requires_grad for p in backbone)

@@ -77,7 +77,7 @@ def test_checkpoints_are_small_and_complete(straight_run):
     assert any("lora_A" in k for k in weights) and any(k.startswith("action_head") for k in weights)
     assert not any("wte" in k or ".mlp.c_fc.base_layer" in k for k in weights)  # no frozen backbone
     meta = c.meta
-    assert meta["state_dim"] == 10 and meta["act_dim"] == 2 and meta["env_id"] == "LaMoReacher2d-v0"
+    assert meta["state_dim"] == 10 and meta["act_dim"] == 2 and meta["env_id"] == "LaMoReacher2d-v1"
     assert len(meta["state_stats"]["mean"]) == 10 and meta["ref_max_score"] == 100.0
 
 
@@ -132,7 +132,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(straight_run, reacher_dat
     good = train(make_cfg(tmp, reacher_dataset, text, "tracking.run_name=nan", "train.steps=3"))
     nan_id = _copy_dataset(reacher_dataset, "test/reacher2d/nan-v0", reward_fn=lambda r: np.full_like(r, np.nan))
     with pytest.raises(NonFiniteLossError, match="last good checkpoint") as err:
-        train(make_cfg(tmp, nan_id, text, "tracking.run_name=nan", "train.resume=auto", "eval.env_id=LaMoReacher2d-v0"))
+        train(make_cfg(tmp, nan_id, text, "tracking.run_name=nan", "train.resume=auto", "eval.env_id=LaMoReacher2d-v1"))
     assert "step 4" in str(err.value)
     latest = ckpt.latest_checkpoint(good.run_dir / "checkpoints")
     assert latest.step == 3
@@ -144,7 +144,7 @@ def test_resume_on_data_of_another_shape_is_refused(straight_run, reacher_datase
                             obs_fn=lambda o: np.concatenate([o, o[:, :1]], axis=1))
     with pytest.raises(ckpt.CheckpointError, match="state_dim=10 but dataset test/reacher2d/wide-v0 has state_dim=11"):
         train(make_cfg(tmp, wide_id, text, "tracking.run_name=wide", f"train.resume={result.run_dir}",
-                       "eval.env_id=LaMoReacher2d-v0"))
+                       "eval.env_id=LaMoReacher2d-v1"))
 
 
 def test_no_text_read_without_language_loss(straight_run, reacher_dataset):

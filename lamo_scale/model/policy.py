@@ -1,14 +1,20 @@
 """The LaMo policy (Shi et al., 2023): a causal-LM backbone fed (R, s, a) token embeddings.
 
-Tokens are interleaved per timestep as (return-to-go, state, action), each embedding plus
-a learned timestep embedding, layer-normed, and passed to the backbone's transformer via
-``inputs_embeds``. The action at step t is predicted from the hidden state at the state
+Tokens are interleaved per timestep as (return-to-go, state, action); as in the official
+LaMo code, the embeddings are layer-normed and *then* the learned timestep embedding is
+added, and the result is passed to the backbone's transformer via ``inputs_embeds`` with no
+absolute position embedding (GPT-2's ``wpe`` is skipped for RL tokens, so left padding cannot
+shift them; RoPE backbones see only relative positions). The tokens arrive at the scale of the
+backbone's own token embeddings: the LayerNorm gain and the timestep embedding start at the
+RMS of the backbone's input-embedding table (``model.input_scale``; a frozen LM fed inputs
+several times larger than its embeddings is mostly bypassed by its residual stream). The action at step t is predicted from the hidden state at the state
 token of step t (it has seen R_≤t, s_≤t, a_<t). The LM head stays for the language loss.
 The Decision Transformer baseline is the same class with ``embedding=linear``,
 ``action_head=linear``, ``finetune=full``, ``pretrained=false`` and no language loss.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -53,6 +59,29 @@ def make_action_head(kind: str, hidden: int, act_dim: int, bounded: bool) -> nn.
     return nn.Sequential(*layers)
 
 
+def embedding_rms(lm: nn.Module) -> float:
+    """RMS of the backbone's input-embedding table: the scale its first layer was trained on."""
+    weight = lm.get_input_embeddings().weight.detach()
+    return float(weight.float().pow(2).mean().sqrt())
+
+
+def _zero_positions(module, args, output):
+    return torch.zeros_like(output)
+
+
+@contextlib.contextmanager
+def _positions_skipped(wpe: nn.Module | None):
+    """Within the block, the absolute position embedding ``wpe`` adds zeros (RL tokens only)."""
+    if wpe is None:
+        yield
+        return
+    handle = wpe.register_forward_hook(_zero_positions)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class LaMoPolicy(nn.Module):
     """Backbone + RL embeddings + action head; one object for training and rollout."""
 
@@ -68,8 +97,11 @@ class LaMoPolicy(nn.Module):
         self.embed_return = make_embedding(cfg.embedding, 1, hidden)
         self.embed_state = make_embedding(cfg.embedding, state_dim, hidden)
         self.embed_action = make_embedding(cfg.embedding, act_dim, hidden)
+        self.input_scale = float(cfg.input_scale) if cfg.input_scale is not None else embedding_rms(self.causal_lm)
         self.embed_timestep = nn.Embedding(cfg.max_timestep, hidden)
+        nn.init.normal_(self.embed_timestep.weight, std=self.input_scale)
         self.embed_ln = nn.LayerNorm(hidden)
+        nn.init.constant_(self.embed_ln.weight, self.input_scale)
         bounded = action_low is not None and bool(np.all(np.isfinite(action_low)) and np.all(np.isfinite(action_high)))
         self.action_head = make_action_head(cfg.action_head, hidden, act_dim, bounded)
         low = np.zeros(act_dim, np.float32) if not bounded else np.asarray(action_low, np.float32)
@@ -99,13 +131,14 @@ class LaMoPolicy(nn.Module):
         """Predicted actions ``[B, K, act_dim]`` for segments ``[B, K, ...]`` (see module doc)."""
         batch, k = states.shape[:2]
         time = self.embed_timestep(timesteps.clamp(0, self.cfg.max_timestep - 1))
-        tokens = torch.stack([self.embed_return(returns_to_go) + time,
-                              self.embed_state(states) + time,
-                              self.embed_action(actions) + time], dim=2)
-        tokens = self.embed_ln(tokens.reshape(batch, 3 * k, self.hidden_size))
+        tokens = torch.stack([self.embed_return(returns_to_go), self.embed_state(states),
+                              self.embed_action(actions)], dim=2)
+        tokens = (self.embed_ln(tokens) + time.unsqueeze(2)).reshape(batch, 3 * k, self.hidden_size)
         mask = attention_mask.repeat_interleave(3, dim=1)
-        hidden = self.transformer(inputs_embeds=tokens.to(self.backbone_dtype), attention_mask=mask,
-                                  use_cache=False).last_hidden_state
+        wpe = None if self.cfg.rl_position_embeddings else getattr(self.transformer, "wpe", None)
+        with _positions_skipped(wpe):
+            hidden = self.transformer(inputs_embeds=tokens.to(self.backbone_dtype), attention_mask=mask,
+                                      use_cache=False).last_hidden_state
         state_hidden = hidden.reshape(batch, k, 3, self.hidden_size)[:, :, 1]
         out = self.action_head(state_hidden.to(self.embed_ln.weight.dtype))
         if self.bounded:
@@ -196,6 +229,9 @@ def _build_policy(cfg, state_dim, act_dim, action_low, action_high, seed, langua
     lm = apply_finetune_mode(lm, cfg, language_loss)
     torch.manual_seed(seed + 1)
     policy = LaMoPolicy(lm, state_dim, act_dim, cfg, action_low, action_high)
+    wpe = getattr(policy.transformer, "wpe", None)
+    if wpe is not None and not cfg.rl_position_embeddings and not language_loss:
+        wpe.requires_grad_(False)  # RL tokens skip it and no text runs: it would get no gradient (DDP fails)
     trainable, total = policy.parameter_counts()
     log.info("policy: backbone %s (%s, %s), trainable %s of %s parameters (%.2f%%)", cfg.backbone,
              "pre-trained" if cfg.pretrained else "random init", cfg.finetune, f"{trainable:,}",
