@@ -81,13 +81,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def results_table(report) -> str:
-    """The evaluation summary as a table: one row per target return."""
+    """The evaluation summary as a table: one row per target return (and why, when there is no
+    normalised score)."""
     rows = [{"target": t, "normalized_score": s.get("normalized_score", float("nan")),
              "return_mean": s["return_mean"], "return_std": s["return_std"],
              "episode_length": s["episode_length"], "episodes": int(s["episodes"])}
             for t, s in sorted(report.summaries.items())]
-    return f"checkpoint step {report.step}\n" + _table(
+    table = f"checkpoint step {report.step}\n" + _table(
         rows, ["target", "normalized_score", "return_mean", "return_std", "episode_length", "episodes"])
+    return table + (f"\n{report.note}" if report.note else "")
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:

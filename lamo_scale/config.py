@@ -90,6 +90,8 @@ class DataConfig:
     """Returns-to-go are divided by this (1000 for MuJoCo locomotion, 100 for Reacher2d)."""
     data_ratio: float = 1.0
     """Fraction of trajectories kept (the paper's 0.01 / 0.1 / 1.0), chosen by a seeded draw."""
+    ratio_seed: int = 0
+    """Seed of that draw, independent of train.seed: one subset per (dataset, ratio), so seeds vary training, not data."""
     normalize_states: bool = True
     """Normalise states by the (subsampled) dataset's mean and std."""
     num_workers: int = 0
@@ -151,7 +153,7 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast precision (accelerate's mixed_precision)."""
     seed: int = 0
-    """Seed for model init, data sampling and data-ratio subsampling."""
+    """Seed for model init and segment sampling (the data-ratio subset has its own data.ratio_seed)."""
     log_every: int = 10
     """Steps between metric logs."""
     checkpoint_every: int = 500
@@ -357,6 +359,9 @@ def _validate(cfg: Config) -> None:
     need(cfg.train.log_every >= 1, "train.log_every must be >= 1")
     need(cfg.loss.language_weight >= 0, "loss.language_weight must be >= 0")
     need(cfg.text.block_size >= 2 and cfg.text.batch_size >= 1, "text.block_size must be >= 2 and text.batch_size >= 1")
+    need(cfg.loss.language_weight == 0 or cfg.text.batch_size % cfg.train.grad_accum == 0,
+         f"text.batch_size ({cfg.text.batch_size}) must be divisible by train.grad_accum ({cfg.train.grad_accum}) "
+         "(and by processes x grad_accum at launch): every micro-batch gets the same number of text blocks")
     need(cfg.model.lora.rank >= 1, "model.lora.rank must be >= 1")
     need(0.0 <= cfg.model.lora.dropout < 1.0, "model.lora.dropout must be in [0, 1)")
     need(cfg.model.max_timestep >= 1, "model.max_timestep must be >= 1")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from lamo_scale.report import last_fraction_mean
+from lamo_scale.scoring import RULE, counts_as_seed, run_score
 from lamo_scale.rollout.plots import eval_curves
 
 VARIANT_ORDER = ["lamo", "dt", "random-init", "no-language", "linear-embedding", "full-finetune", "frozen"]
@@ -45,14 +45,8 @@ class RunScore:
     dataset: str = ""
 
 
-def paper_score(curves: dict[str, list[tuple[int, float]]]) -> tuple[float, str]:
-    """``(score, target)``: the best over targets of the last-20 % mean normalised score."""
-    scored = [(last_fraction_mean(points), target) for target, points in curves.items() if points]
-    return max(scored) if scored else (math.nan, "")
-
-
 def collect_scores(tracking_uri: str, experiment: str) -> list[RunScore]:
-    """Every finished, evaluated run of the experiment with its sweep tags and score."""
+    """Every FINISHED, evaluated run of the experiment with its sweep tags and score (lamo_scale.scoring)."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
@@ -61,11 +55,13 @@ def collect_scores(tracking_uri: str, experiment: str) -> list[RunScore]:
         raise ValueError(f"no MLflow experiment named {experiment!r} at {tracking_uri}")
     out = []
     for run in client.search_runs([exp.experiment_id], max_results=10000):
+        if not counts_as_seed(run):
+            continue
         tags, params = run.data.tags, run.data.params
         curves = eval_curves(client, run.info.run_id, run.data.metrics)
         if not curves:
             continue
-        score, target = paper_score(curves)
+        score, target = run_score(curves)
         out.append(RunScore(task=tags.get("task", tags.get("recipe", "?")),
                             ratio=tags.get("axis.data.data_ratio", params.get("data.data_ratio", "?")),
                             variant=tags.get("variant", "?"),
@@ -148,8 +144,8 @@ def markdown(scores: list[RunScore], experiment: str, notes: str = "",
     """
     header, rows = table(scores)
     lines = [f"# Results: {experiment}", "",
-             "Normalised score (D4RL normalisation), the paper's rule: best target return, mean over the "
-             "last 20 % of evaluated checkpoints; mean ± std over seeds (population std, as numpy's std).", ""]
+             f"Normalised score (D4RL normalisation), {RULE}; mean ± std over seeds (population std, "
+             "as numpy's std).", ""]
     if notes:
         lines += [notes, ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

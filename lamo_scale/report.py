@@ -1,9 +1,9 @@
 """Results across the runs of an experiment: a table and one plot of every evaluation curve.
 
-Per run: name, ``recipe`` tag, ``data.data_ratio`` and ``train.seed`` params, the best
-normalised score (best checkpoint at its best target, the paper's rule), the target it was
-reached at, and the mean normalised score at that target over the last 20 % of its
-evaluated steps (at least one).
+Per run: name, ``recipe`` tag, ``data.data_ratio`` and ``train.seed`` params, the run's
+status, its score by the one rule (:mod:`lamo_scale.scoring`: the best target's mean over the
+last 20 % of evaluated checkpoints) with that target, and, for reference, its best single
+checkpoint's score (what the registry's ``best`` alias points at; not a result to report).
 """
 from __future__ import annotations
 
@@ -13,28 +13,21 @@ from typing import Optional
 
 from lamo_scale.rollout.plots import eval_curves, plot_curves
 
-COLUMNS = ["run", "recipe", "data_ratio", "seed", "best_target", "best_normalized_score", "last20_normalized_score"]
+from lamo_scale.scoring import run_score
 
-
-def last_fraction_mean(points: list[tuple[int, float]], fraction: float = 0.2) -> float:
-    """Mean value over the last ``fraction`` of ``(step, value)`` points (at least one point)."""
-    if not points:
-        return math.nan
-    n = max(1, math.ceil(len(points) * fraction))
-    tail = sorted(points)[-n:]
-    return sum(v for _, v in tail) / n
+COLUMNS = ["run", "recipe", "data_ratio", "seed", "status", "best_target", "score", "best_checkpoint_score"]
 
 
 def run_row(run, curves: dict[str, list[tuple[int, float]]]) -> dict:
     """One table row for an MLflow run and its per-target curves."""
     params, tags = run.data.params, run.data.tags
     row = {"run": run.info.run_name, "recipe": tags.get("recipe", ""), "data_ratio": params.get("data.data_ratio", ""),
-           "seed": params.get("train.seed", ""), "best_target": "", "best_normalized_score": math.nan,
-           "last20_normalized_score": math.nan}
-    best = max(((v, t) for t, pts in curves.items() for _, v in pts), default=None)
-    if best is not None:
-        row.update(best_target=best[1], best_normalized_score=best[0],
-                   last20_normalized_score=last_fraction_mean(curves[best[1]]))
+           "seed": params.get("train.seed", ""), "status": run.info.status, "best_target": "",
+           "score": math.nan, "best_checkpoint_score": math.nan}
+    if any(curves.values()):
+        score, target = run_score(curves)
+        row.update(best_target=target, score=score,
+                   best_checkpoint_score=max(v for pts in curves.values() for _, v in pts))
     return row
 
 

@@ -170,6 +170,27 @@ class Tracker:
                 time.sleep(self.retry_s)
 
 
+def latest_per_step(history) -> list:
+    """One point per step of an MLflow metric history, sorted by step: the last one logged.
+
+    A run resumed (``train.resume=auto``) after a kill re-logs the steps between its last
+    checkpoint and the kill, so MLflow holds two points for each of them; the later one
+    (latest timestamp; on a tie, the later in the history) is the one that counts.
+    """
+    latest = {}
+    for point in history:
+        kept = latest.get(point.step)
+        if kept is None or point.timestamp >= kept.timestamp:
+            latest[point.step] = point
+    return [latest[step] for step in sorted(latest)]
+
+
+def metric_history(client, run_id: str, key: str) -> list:
+    """``client.get_metric_history(run_id, key)`` with one point per step (:func:`latest_per_step`):
+    what every report reads instead of the raw history."""
+    return latest_per_step(client.get_metric_history(run_id, key))
+
+
 def run_url(uri: str, run_id: str) -> str:
     """Where a person finds the run: the UI address for servers, the command for local stores."""
     if uri.startswith("http"):

@@ -32,7 +32,7 @@ from lamo_scale.config import Config, ConfigError, dump_yaml, flatten, load_conf
 from lamo_scale.data.segments import SegmentStream
 from lamo_scale.data.text import TextBlockStream, corpus_fingerprint, resolve_source
 from lamo_scale.data.trajectories import TrajectoryIndex, load_trajectories, open_dataset
-from lamo_scale.envs.scores import reference_scores
+from lamo_scale.envs.scores import find_reference
 from lamo_scale.optim import build_optimizer
 from lamo_scale.model import build_policy
 from lamo_scale.tracking import Tracker, run_url
@@ -72,9 +72,11 @@ def dataset_meta(dataset, index: TrajectoryIndex, cfg: Config) -> dict:
     spec = dataset.env_spec
     env_id = cfg.eval.env_id or (spec.id if spec is not None else None)
     md = dataset.storage.metadata
-    ref = (md.get("ref_min_score"), md.get("ref_max_score"))
+    ref, note = (md.get("ref_min_score"), md.get("ref_max_score")), None
     if ref[0] is None or ref[1] is None:
-        ref = reference_scores(env_id) if env_id else None
+        ref, note = fallback_reference(spec, cfg) if env_id else (None, "the dataset names no environment")
+        if ref is None:
+            log.warning("no reference scores for %s: %s; evaluation reports raw returns", index.dataset_id, note)
     return {
         "dataset_id": index.dataset_id,
         "env_id": env_id,
@@ -86,10 +88,30 @@ def dataset_meta(dataset, index: TrajectoryIndex, cfg: Config) -> dict:
         "state_stats": index.state_stats.to_dict(),
         "ref_min_score": None if ref is None else float(ref[0]),
         "ref_max_score": None if ref is None else float(ref[1]),
+        "reference_note": note,
         "target_returns": list(cfg.eval.target_returns),
         "rtg_scale": cfg.data.rtg_scale,
         "context_len": cfg.data.context_len,
     }
+
+
+def subset_record(index: TrajectoryIndex, cfg: Config) -> dict:
+    """The data-ratio subset a run trained on: dataset, ratio, ratio seed, episode ids and their hash."""
+    import hashlib
+
+    ids = [int(i) for i in index.episode_ids]
+    return {"dataset": index.dataset_id, "data_ratio": cfg.data.data_ratio, "ratio_seed": cfg.data.ratio_seed,
+            "episodes": len(ids), "sha256": hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16],
+            "episode_ids": ids}
+
+
+def fallback_reference(spec, cfg: Config):
+    """``(reference scores or None, why None)`` of the env evaluation will act in, for a dataset
+    whose metadata has none: ``eval.env_id`` with its defaults, else the dataset's env spec (its
+    kwargs), either with ``eval.max_episode_steps`` when set."""
+    if cfg.eval.env_id:
+        return find_reference(cfg.eval.env_id, None, cfg.eval.max_episode_steps)
+    return find_reference(spec, None, cfg.eval.max_episode_steps)
 
 
 def find_resume(cfg: Config, run_dir: Path) -> Optional[ckpt.Checkpoint]:
@@ -132,9 +154,11 @@ class _Loaders:
         self.text: Optional[Iterator] = None
         self.text_micro_batch = 0
         if cfg.loss.language_weight > 0:
-            self.text_micro_batch = max(1, cfg.text.batch_size // (world * cfg.train.grad_accum))
-            text = TextBlockStream(text_source, tokenizer, cfg.text.block_size, self.text_micro_batch, rank,
-                                   world, start_micro, cfg.text.split, cfg.text.text_field)
+            # Exactly text.batch_size blocks per step over all ranks and micro-batches (ConfigError if uneven).
+            text = TextBlockStream(text_source, tokenizer, cfg.text.block_size, cfg.text.batch_size, rank, world,
+                                   grad_accum=cfg.train.grad_accum, seed=cfg.train.seed, start_micro_batch=start_micro,
+                                   split=cfg.text.split, text_field=cfg.text.text_field)
+            self.text_micro_batch = text.micro_batch
             self.text = iter(DataLoader(text, batch_size=None, num_workers=0))
 
 
@@ -163,7 +187,7 @@ def _train(cfg: Config, preemption: PreemptionFlag) -> TrainResult:
         broadcast_object_list(names, from_process=0)  # run names hold a timestamp: rank 0's wins
     experiment, run_name, run_dir = names[0]
     dataset = open_dataset(cfg.data.dataset, cfg.data.download)
-    index = load_trajectories(dataset, cfg.data.rtg_scale, cfg.data.data_ratio, cfg.train.seed,
+    index = load_trajectories(dataset, cfg.data.rtg_scale, cfg.data.data_ratio, cfg.data.ratio_seed,
                               cfg.data.normalize_states)
     meta = dataset_meta(dataset, index, cfg)
     resume = find_resume(cfg, run_dir)
@@ -220,6 +244,9 @@ def _train(cfg: Config, preemption: PreemptionFlag) -> TrainResult:
     if resume is None and tracker.enabled:
         tracker.log_params(flatten(cfg))
         tracker.log_text(dump_yaml(cfg), "config.yaml")
+        subset = subset_record(index, cfg)
+        tracker.log_text(json.dumps(subset, indent=1), "data_subset.json")
+        tracker.log_params({"data.subset_episodes": subset["episodes"], "data.subset_sha256": subset["sha256"]})
         info = dist.describe(accelerator)
         tracker.log_params({"policy.trainable_params": trainable_n, "policy.total_params": total_n,
                             "dist.world_size": info["world_size"], "dist.mode": info["mode"],

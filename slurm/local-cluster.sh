@@ -15,6 +15,11 @@
 # state dir brings old jobs back.
 set -euo pipefail
 
+# The daemons and mungekey live in /usr/sbin (or /sbin), which a non-login shell, a container or
+# a CI runner often leaves off PATH ("mungekey: command not found"): search there too, after
+# the caller's own PATH.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
 NODES=(n1 n2)
 CPUS_PER_NODE="${LOCAL_SLURM_CPUS:-$(nproc)}"
 MEM_PER_NODE="${LOCAL_SLURM_MEM_MB:-1000}"
@@ -23,7 +28,7 @@ die() { echo "local-cluster: $*" >&2; exit 1; }
 
 install_packages() {
   if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null \
-     && command -v sbatch >/dev/null; then
+     && command -v mungekey >/dev/null && command -v sbatch >/dev/null; then
     return 0
   fi
   [ "$(id -u)" = 0 ] || die "slurm is not installed and installing it needs root"
@@ -158,11 +163,18 @@ stop() {
   echo "local Slurm cluster in $base stopped"
 }
 
-cmd="${1:-}"
-case "$cmd" in
-  start) [ $# -eq 2 ] || die "usage: $0 start BASE_DIR"; start "$2" ;;
-  stop) [ $# -eq 2 ] || die "usage: $0 stop BASE_DIR"; stop "$2" ;;
-  env) [ $# -eq 2 ] || die "usage: $0 env BASE_DIR"; echo "export SLURM_CONF=$(cd "$2" && pwd)/slurm.conf" ;;
-  install) install_packages ;;
-  *) die "usage: $0 start|stop|env BASE_DIR  |  $0 install" ;;
-esac
+main() {
+  local cmd="${1:-}"
+  case "$cmd" in
+    start) [ $# -eq 2 ] || die "usage: $0 start BASE_DIR"; start "$2" ;;
+    stop) [ $# -eq 2 ] || die "usage: $0 stop BASE_DIR"; stop "$2" ;;
+    env) [ $# -eq 2 ] || die "usage: $0 env BASE_DIR"; echo "export SLURM_CONF=$(cd "$2" && pwd)/slurm.conf" ;;
+    install) install_packages ;;
+    *) die "usage: $0 start|stop|env BASE_DIR  |  $0 install" ;;
+  esac
+}
+
+# Sourced (tests: `source slurm/local-cluster.sh` to check its setup), it only defines.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  main "$@"
+fi

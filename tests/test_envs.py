@@ -10,7 +10,7 @@ import pytest
 import lamo_scale.envs as envs_pkg
 from lamo_scale.data.controllers import ReacherIKController
 from lamo_scale.envs import make_env, make_vector_env
-from lamo_scale.envs.scores import normalized_score, reference_scores
+from lamo_scale.envs.scores import find_reference, normalized_score, reference_scores
 
 
 def test_registration_is_idempotent():
@@ -99,7 +99,7 @@ def test_make_vector_env():
         ("HalfCheetah-v4", (-280.178953, 12135.0)),
         ("Walker2d-v5", (1.629008, 4592.3)),
         ("LaMoReacher2d-v1", (0.0, 100.0)),
-        ("FrankaKitchen-v1", (0.0, 4.0)),
+        ("FrankaKitchen-v1", None),  # its default is 7 tasks; D4RL's references are for 4
         ("PointMaze_UMaze-v3", (0.0, 245.0)),
         ("PointMaze_Medium-v3", (0.0, 498.8)),
         ("PointMaze_Large-v3", None),
@@ -109,6 +109,98 @@ def test_make_vector_env():
 )
 def test_reference_scores(env_id, expected):
     assert reference_scores(env_id) == expected
+
+
+UMAZE_SPEC = {"maze_map": [[1, 1, 1, 1, 1], [1, 0, 0, 0, 1], [1, 1, 1, 0, 1], [1, 0, 0, 0, 1], [1, 1, 1, 1, 1]],
+              "reward_type": "sparse"}
+
+
+@pytest.mark.parametrize(
+    "env_id, kwargs, max_steps, expected, why",
+    [
+        ("PointMaze_UMaze-v3", UMAZE_SPEC, 300, (0.0, 245.0), None),
+        ("PointMaze_UMaze-v3", {**UMAZE_SPEC, "continuing_task": True, "reset_target": False, "render_mode": None},
+         300, (0.0, 245.0), None),
+        ("PointMaze_UMaze-v3", {**UMAZE_SPEC, "continuing_task": False}, 300, None, "continuing_task=True"),
+        ("PointMaze_UMaze-v3", {**UMAZE_SPEC, "reset_target": True}, 300, None, "reset_target=False"),
+        ("PointMaze_UMaze-v3", {**UMAZE_SPEC, "reward_type": "dense"}, 300, None, "reward_type='sparse'"),
+        ("PointMaze_UMaze-v3", UMAZE_SPEC, 1000, None, "300 steps"),
+        ("PointMaze_UMaze-v3", {**UMAZE_SPEC, "max_episode_steps": 50}, None, None, "300 steps"),
+        ("PointMaze_Medium-v3", UMAZE_SPEC, 600, None, "maze_map="),
+        ("PointMaze_UMaze-v4", {}, None, None, "PointMaze_UMaze-v3"),
+        ("Hopper-v5", {}, 1000, (-20.272305, 3234.3), None),
+        ("Hopper-v5", {"ctrl_cost_weight": 0.1}, 1000, None, "default ctrl_cost_weight"),
+        ("LaMoReacher2d-v1", {"reach_threshold": 0.1}, 100, (0.0, 100.0), None),
+        ("LaMoReacher2d-v1", {"reach_threshold": 0.05}, 100, None, "reach_threshold=0.1"),
+        ("FrankaKitchen-v1", {"tasks_to_complete": ["microwave", "kettle", "light switch", "slide cabinet"],
+                              "object_noise_ratio": 0.0005}, 280, (0.0, 4.0), None),
+        ("FrankaKitchen-v1", {"tasks_to_complete": ["microwave", "kettle"]}, 280, None, "4 tasks"),
+    ],
+)
+def test_reference_scores_only_for_the_measured_spec(env_id, kwargs, max_steps, expected, why):
+    """Fallback constants hold only for the env id, kwargs and episode length they were measured with."""
+    found = find_reference(env_id, kwargs, max_steps)
+    assert found.scores == expected and reference_scores(env_id, kwargs, max_steps) == expected
+    assert (found.reason is None) == (expected is not None)
+    if why is not None:
+        assert why in found.reason
+
+
+def test_reference_scores_of_an_env_spec_use_its_kwargs(caplog):
+    """A Minari dataset's ``spec.env_spec`` carries the kwargs the data was collected with."""
+    spec = gym.envs.registration.EnvSpec("PointMaze_UMaze-v3", entry_point="gymnasium_robotics:PointMazeEnv",
+                                         kwargs={**UMAZE_SPEC, "continuing_task": False}, max_episode_steps=300)
+    with caplog.at_level("WARNING", logger="lamo_scale.envs.scores"):
+        assert reference_scores(spec) is None
+    assert "continuing_task=False" in caplog.text and "raw returns" in caplog.text
+    assert reference_scores(gym.spec("LaMoReacher2d-v1")) == (0.0, 100.0)
+    assert find_reference("CartPole-v1").reason == "no reference scores are known for CartPole-v1"
+
+
+def test_training_meta_has_no_fallback_scores_for_another_pointmaze(caplog):
+    """A dataset without reference scores whose env is a non-continuing PointMaze: the checkpoint
+    records no reference (evaluation shows raw returns) and says why."""
+    from types import SimpleNamespace
+
+    from lamo_scale.config import Config
+    from lamo_scale.data.trajectories import StateStats
+    from lamo_scale.train import dataset_meta
+
+    def meta_for(kwargs):
+        spec = gym.envs.registration.EnvSpec("PointMaze_UMaze-v3", entry_point="gymnasium_robotics:PointMazeEnv",
+                                             kwargs=kwargs, max_episode_steps=300)
+        dataset = SimpleNamespace(env_spec=spec, storage=SimpleNamespace(metadata={}))
+        index = SimpleNamespace(dataset_id="test/maze-v0", state_dim=4, act_dim=2, action_low=np.array([-1.0, -1.0]),
+                                action_high=np.array([1.0, 1.0]), state_stats=StateStats(np.zeros(4), np.ones(4)))
+        return dataset_meta(dataset, index, Config())
+
+    assert (meta_for(UMAZE_SPEC)["ref_min_score"], meta_for(UMAZE_SPEC)["ref_max_score"]) == (0.0, 245.0)
+    with caplog.at_level("WARNING", logger="lamo_scale.train"):
+        meta = meta_for({**UMAZE_SPEC, "continuing_task": False})
+    assert meta["ref_min_score"] is None and meta["ref_max_score"] is None
+    assert "continuing_task=False" in meta["reference_note"] and "raw returns" in caplog.text
+
+
+def test_missing_robotics_extra_names_the_extra(monkeypatch):
+    """Without gymnasium-robotics, PointMaze ids and specs (what evaluation acts in) fail with the extra to install."""
+    import sys
+
+    from lamo_scale.envs.pointmaze import ensure_robotics_registered
+
+    monkeypatch.setitem(sys.modules, "gymnasium_robotics", None)  # `import gymnasium_robotics` raises ImportError
+    for env_id in ("PointMaze_UMaze-v3", "FrankaKitchen-v1"):  # registered if another test imported it
+        if env_id in gym.registry:
+            monkeypatch.delitem(gym.registry, env_id)
+    spec = gym.envs.registration.EnvSpec("PointMaze_UMaze-v3",
+                                         entry_point="gymnasium_robotics.envs.maze.point_maze:PointMazeEnv",
+                                         kwargs=UMAZE_SPEC, max_episode_steps=300)
+    for env in ("PointMaze_UMaze-v3", spec):
+        with pytest.raises(ImportError, match=r"pip install 'lamo_scale\[maze\]'") as info:
+            make_env(env)
+        assert "gymnasium-robotics" in str(info.value)
+        assert isinstance(info.value.__cause__, ImportError)  # the original error stays chained
+    with pytest.raises(ImportError, match=r"lamo_scale\[kitchen\]"):
+        ensure_robotics_registered("FrankaKitchen-v1")
 
 
 def test_normalized_score():

@@ -96,7 +96,7 @@ def test_real_minari_dataset_index(reacher_dataset):
     ds = open_dataset(reacher_dataset)
     index = load_trajectories(ds, rtg_scale=100.0, data_ratio=1.0, seed=0)
     assert index.num_steps == ds.total_steps
-    assert index.state_dim == 10 and index.act_dim == 2
+    assert index.state_dim == 12 and index.act_dim == 2
     assert np.all(index.episode_lengths == 100)
     # rtg at each episode start equals the episode return / scale
     starts = np.concatenate([[0], np.cumsum(index.episode_lengths)[:-1]])
@@ -125,3 +125,26 @@ def test_dict_observations_flatten_like_gymnasium():
     expected = np.stack([gym.spaces.flatten(space, s) for s in samples]).astype(np.float32)
     np.testing.assert_array_equal(flatten_observations(space, batch), expected)
     assert list(space.spaces) == ["achieved_goal", "desired_goal", "observation"]  # documented: sorted keys
+
+
+def test_rollout_windows_replay_a_dataset_episode_exactly_as_training_segments(reacher_dataset):
+    """Train/rollout parity: states normalised alike, RTG decremented by the rewards, timesteps, masks."""
+    from lamo_scale.rollout.acting import ActingSpec, EpisodeWindows
+
+    dataset = open_dataset(reacher_dataset)
+    index = load_trajectories(dataset, rtg_scale=100.0, data_ratio=1.0, seed=0)
+    episode = next(iter(dataset.iterate_episodes([int(index.episode_ids[1])])))
+    start = int(index.episode_lengths[0])  # flat offset of the second kept episode
+    k, n = 5, len(episode.rewards)
+    spec = ActingSpec(env="LaMoReacher2d-v1", state_stats=index.state_stats, rtg_scale=100.0, context_len=k)
+    history = EpisodeWindows(spec, episode.observations[:1], np.array([episode.rewards.sum()]), n, 2)
+    for t in range(n):
+        window = history.window(t)
+        segment = gather_segments(index, np.array([start + t]), k)
+        for key in segment:
+            got, want = window[key], segment[key]
+            if key == "actions":  # a_t is not known yet when acting; causally masked from the state token
+                assert not got[:, -1].any()
+                got, want = got[:, :-1], want[:, :-1]
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=lambda m: f"{key} at step {t}: {m}")
+        history.record(t, episode.actions[t:t + 1], episode.observations[t + 1:t + 2], episode.rewards[t:t + 1])

@@ -20,11 +20,34 @@ from mlflow import MlflowClient
 
 from conftest import REPO, TINY
 
-pytestmark = pytest.mark.slow
 VENV = Path(sys.executable).parent.parent
 CLUSTER = REPO / "slurm" / "local-cluster.sh"
 DONE = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
 PREEMPT_STEPS = 80
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def without_sbin(path: str) -> str:
+    """``path`` without the sbin directories (as in a non-login shell, a container or a CI runner)."""
+    return os.pathsep.join(d for d in path.split(os.pathsep) if d.rstrip("/") not in SBIN_DIRS)
+
+
+def test_cluster_script_finds_sbin_tools_without_sbin_on_path():
+    """mungekey, munged, slurmctld and slurmd live in /usr/sbin: the script finds them even when the
+    caller's PATH lacks the sbin dirs (it failed with "mungekey: command not found")."""
+    bin_dirs = ("/usr/bin", "/bin", "/usr/local/bin")
+    tools = ["mungekey", "munged", "slurmctld", "slurmd", "ldconfig", "sysctl", "useradd"]
+    found = [(t, d) for t in tools for d in SBIN_DIRS
+             if os.access(f"{d}/{t}", os.X_OK) and not any(os.access(f"{b}/{t}", os.X_OK) for b in bin_dirs)]
+    if not found:
+        pytest.skip("no tool here lives only in an sbin directory")
+    tool, _ = found[0]
+    path = without_sbin(os.environ["PATH"])
+    proc = subprocess.run([shutil.which("bash"), "-c", f'source "{CLUSTER}" && command -v {tool}'],
+                          env={"PATH": path, "HOME": os.environ.get("HOME", "/tmp")},
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() in {f"{d}/{tool}" for d in SBIN_DIRS}
 
 
 def _can_run_slurm() -> str | None:
@@ -43,7 +66,7 @@ def cluster(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     base = tmp_path_factory.mktemp("slurm")
-    env = dict(os.environ, LOCAL_SLURM_CPUS="4")
+    env = dict(os.environ, LOCAL_SLURM_CPUS="4", PATH=without_sbin(os.environ["PATH"]))  # the script adds them
     proc = subprocess.run([str(CLUSTER), "start", str(base)], env=env, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         subprocess.run([str(CLUSTER), "stop", str(base)], env=env, capture_output=True, timeout=60)
@@ -127,6 +150,7 @@ def _logs(work: Path, job: str) -> str:
     return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in parts if p.exists())
 
 
+@pytest.mark.slow
 def test_two_node_training_completes_with_one_rank_per_node(jobs, reacher_dataset):
     work, job, info = jobs["work"], jobs["plain"], jobs["plain_info"]
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", _logs(work, job)
@@ -150,6 +174,7 @@ def test_two_node_training_completes_with_one_rank_per_node(jobs, reacher_datase
     assert all(0 < m.value < 100 for m in history)
 
 
+@pytest.mark.slow
 def test_preempted_job_checkpoints_requeues_and_resumes(jobs):
     work, job, info = jobs["work"], jobs["pre"], jobs["pre_info"]
     logs = _logs(work, job)
@@ -178,6 +203,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes(jobs):
     assert steps == list(range(1, PREEMPT_STEPS + 1))
 
 
+@pytest.mark.slow
 def test_rollout_workers_evaluate_the_run(jobs):
     check = subprocess.run([str(VENV / "bin" / "lamo-scale"), "rollout", "--help"], capture_output=True, text=True)
     if check.returncode != 0:
@@ -199,6 +225,7 @@ def test_rollout_workers_evaluate_the_run(jobs):
     assert 6 in {m.step for m in evals}, outs()
 
 
+@pytest.mark.slow
 def test_mlflow_server_job_serves_at_its_printed_address(cluster, tmp_path):
     port = subprocess.run([sys.executable, "-c", "import socket; s = socket.socket(); s.bind(('', 0)); "
                            "print(s.getsockname()[1])"], capture_output=True, text=True).stdout.strip()

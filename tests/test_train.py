@@ -77,8 +77,8 @@ def test_checkpoints_are_small_and_complete(straight_run):
     assert any("lora_A" in k for k in weights) and any(k.startswith("action_head") for k in weights)
     assert not any("wte" in k or ".mlp.c_fc.base_layer" in k for k in weights)  # no frozen backbone
     meta = c.meta
-    assert meta["state_dim"] == 10 and meta["act_dim"] == 2 and meta["env_id"] == "LaMoReacher2d-v1"
-    assert len(meta["state_stats"]["mean"]) == 10 and meta["ref_max_score"] == 100.0
+    assert meta["state_dim"] == 12 and meta["act_dim"] == 2 and meta["env_id"] == "LaMoReacher2d-v1"
+    assert len(meta["state_stats"]["mean"]) == 12 and meta["ref_max_score"] == 100.0
 
 
 def test_mlflow_has_params_metrics_config_and_eval(straight_run):
@@ -142,7 +142,7 @@ def test_resume_on_data_of_another_shape_is_refused(straight_run, reacher_datase
     tmp, text, _, result = straight_run
     wide_id = _copy_dataset(reacher_dataset, "test/reacher2d/wide-v0",
                             obs_fn=lambda o: np.concatenate([o, o[:, :1]], axis=1))
-    with pytest.raises(ckpt.CheckpointError, match="state_dim=10 but dataset test/reacher2d/wide-v0 has state_dim=11"):
+    with pytest.raises(ckpt.CheckpointError, match="state_dim=12 but dataset test/reacher2d/wide-v0 has state_dim=13"):
         train(make_cfg(tmp, wide_id, text, "tracking.run_name=wide", f"train.resume={result.run_dir}",
                        "eval.env_id=LaMoReacher2d-v1"))
 
@@ -176,3 +176,23 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, reacher_dataset):
     one = train(make_cfg(tmp_path, reacher_dataset, "unused", "tracking.run_name=acc1", *common))
     four = train(make_cfg(tmp_path, reacher_dataset, "unused", "tracking.run_name=acc4", "train.grad_accum=4", *common))
     np.testing.assert_allclose(four.losses, one.losses, rtol=1e-5)
+
+
+def test_data_ratio_subset_depends_on_the_ratio_seed_not_the_training_seed(tmp_path, reacher_dataset):
+    """The official ratio files fix one subset per (dataset, ratio); train.seed must not redraw it."""
+    import json
+
+    from lamo_scale.data.trajectories import load_trajectories, open_dataset
+
+    subsets = {}
+    for seed in (0, 7):
+        cfg = make_cfg(tmp_path, reacher_dataset, "builtin:python-docstrings", f"tracking.run_name=ratio-{seed}",
+                       "data.data_ratio=0.5", f"train.seed={seed}", "train.steps=1", "loss.language_weight=0")
+        result = train(cfg)
+        client = MlflowClient(tracking_uri=cfg.tracking.uri)
+        path = client.download_artifacts(result.run_id, "data_subset.json", str(tmp_path / f"dl-{seed}"))
+        subsets[seed] = json.load(open(path))
+        assert client.get_run(result.run_id).data.params["data.subset_sha256"] == subsets[seed]["sha256"]
+    expected = load_trajectories(open_dataset(reacher_dataset), 100.0, 0.5, seed=0).episode_ids.tolist()
+    assert subsets[0]["episode_ids"] == subsets[7]["episode_ids"] == expected
+    assert subsets[0]["ratio_seed"] == 0 and subsets[0]["episodes"] == len(expected)

@@ -53,7 +53,7 @@ from minari.storage.datasets_root_dir import get_dataset_path
 from tqdm.auto import tqdm
 
 from lamo_scale.envs import ensure_robotics_registered, make_env, make_vector_env
-from lamo_scale.envs.scores import normalized_score, reference_scores
+from lamo_scale.envs.scores import ReferenceLookup, find_reference, normalized_score, reference_scores
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def _dataset_metadata(
     algorithm_name: str | None,
 ) -> dict[str, Any]:
     if ref_min_score is None or ref_max_score is None:
-        refs = reference_scores(env_id)
+        refs = reference_scores(_env_spec(env_id))  # the registered spec: what rollout_episodes built
         if refs is not None:
             ref_min_score = refs[0] if ref_min_score is None else ref_min_score
             ref_max_score = refs[1] if ref_max_score is None else ref_max_score
@@ -420,18 +420,24 @@ def dataset_report(dataset_ids: list[str] | None = None) -> list[dict[str, Any]]
 
     ``score`` is the D4RL-normalised mean episode return of the data (``score_min`` /
     ``score_max``: of its worst / best episode), with the dataset's ``ref_min_score`` /
-    ``ref_max_score`` (else :func:`reference_scores` of its env); ``behaviour`` is the
-    behaviour policy recorded in its provenance (``mix:a+b`` for mixtures).
+    ``ref_max_score`` (else :func:`find_reference` of its env spec); ``behaviour`` is the
+    behaviour policy recorded in its provenance (``mix:a+b`` for mixtures). Without reference
+    scores the scores are None and ``note`` says why (the returns are raw); else ``note`` is "".
     """
     rows = []
     for dataset_id in dataset_ids if dataset_ids is not None else list_local():
         dataset = minari.load_dataset(dataset_id)
         meta = dataset.storage.metadata
-        env_id = dataset.spec.env_spec.id if dataset.spec.env_spec is not None else None
+        env_spec = dataset.spec.env_spec
+        env_id = env_spec.id if env_spec is not None else None
         returns = _returns(list(dataset.iterate_episodes()))
         ref_min, ref_max = meta.get("ref_min_score"), meta.get("ref_max_score")
-        if (ref_min is None or ref_max is None) and env_id is not None:
-            ref_min, ref_max = reference_scores(env_id) or (None, None)
+        note = ""
+        if ref_min is None or ref_max is None:
+            found = (find_reference(env_spec) if env_spec is not None
+                     else ReferenceLookup(None, "the dataset names no environment"))
+            ref_min, ref_max = found.scores or (None, None)
+            note = "" if found.scores else f"raw returns only: {found.reason}"
         nan = float("nan")
         mean = float(returns.mean()) if returns.size else nan
         lo = float(returns.min()) if returns.size else nan
@@ -453,6 +459,7 @@ def dataset_report(dataset_ids: list[str] | None = None) -> list[dict[str, Any]]
                 "score_max": normalized_score(hi, ref_min, ref_max) if has_ref else None,
                 "learnable": floor["learnable_fraction"] if floor else None,
                 "behaviour": prov.get("policy") if isinstance(prov, dict) else None,
+                "note": note,
             }
         )
     return rows

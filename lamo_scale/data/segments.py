@@ -32,19 +32,29 @@ def window_offsets(end_pos: np.ndarray, context_len: int) -> tuple[np.ndarray, n
     return offsets, valid
 
 
+def window_tensors(states: np.ndarray, actions: np.ndarray, rtg: np.ndarray, timesteps: np.ndarray,
+                   valid: np.ndarray) -> dict[str, torch.Tensor]:
+    """The model's input batch from gathered windows ``[B, K, ...]`` and their validity ``[B, K]``.
+
+    Padding positions are zeroed in every field (states, actions, return-to-go, timestep) and
+    masked out. The one place a window becomes tensors: training segments and rollout use it.
+    """
+    mask = valid.astype(np.int64)
+    fmask = valid[..., None].astype(np.float32)
+    return {
+        "states": torch.from_numpy((states * fmask).astype(np.float32)),
+        "actions": torch.from_numpy((actions * fmask).astype(np.float32)),
+        "returns_to_go": torch.from_numpy((rtg * valid)[..., None].astype(np.float32)),
+        "timesteps": torch.from_numpy(np.ascontiguousarray(timesteps * mask)),
+        "attention_mask": torch.from_numpy(mask),
+    }
+
+
 def gather_segments(index: TrajectoryIndex, ends: np.ndarray, context_len: int) -> dict[str, torch.Tensor]:
     """The batch of segments ending at flat steps ``ends`` (left-padded at episode starts)."""
     offsets, valid = window_offsets(index.episode_pos[ends], context_len)
     flat = np.where(valid, ends[:, None] + offsets[None, :], 0)
-    mask = valid.astype(np.int64)
-    fmask = valid[..., None].astype(np.float32)
-    return {
-        "states": torch.from_numpy(index.states[flat] * fmask),
-        "actions": torch.from_numpy(index.actions[flat] * fmask),
-        "returns_to_go": torch.from_numpy((index.rtg[flat] * valid)[..., None].astype(np.float32)),
-        "timesteps": torch.from_numpy(index.timesteps[flat] * mask),
-        "attention_mask": torch.from_numpy(mask),
-    }
+    return window_tensors(index.states[flat], index.actions[flat], index.rtg[flat], index.timesteps[flat], valid)
 
 
 class SegmentStream(IterableDataset):

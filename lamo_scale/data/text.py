@@ -14,10 +14,13 @@ Sources (``text.source``):
 * ``auto``: WikiText-103 from the hub when online (the paper's corpus), else
   ``builtin:python-docs``, else ``builtin:python-docstrings`` — the log says which.
 
-Tokens of consecutive records are concatenated (a newline between records) and cut into
-blocks of ``block_size``. Block ``j`` of the stream belongs to rank ``j mod W``; within a
-rank, micro-batch ``k`` holds that rank's blocks ``k*b .. k*b+b-1`` and DataLoader worker
-``w`` of ``n`` produces the micro-batches ``k ≡ w (mod n)``. The source repeats forever.
+Packing (see :class:`TextBlockStream`): consecutive records are grouped into *shards* of about
+``shard_chars`` characters (64 KiB); shard ``g`` belongs to *lane* ``g mod B`` (``B`` =
+``text.batch_size``); a lane's records are tokenised, newline-joined and cut into ``block_size``
+blocks. Each optimizer step takes one block from every lane, each lane in its own seeded
+permutation (a new one every epoch of that lane); rank ``r`` of ``W`` owns lanes ``ℓ ≡ r (mod W)``
+and tokenises only their shards. The blocks, and the set of blocks in every step, are therefore the
+same at any world size and gradient accumulation. Lanes cycle forever, reshuffled every epoch.
 """
 from __future__ import annotations
 
@@ -29,9 +32,11 @@ import sysconfig
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from lamo_scale.config import ConfigError
 from lamo_scale.model.tokenizer import ByteTokenizer
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,8 @@ log = logging.getLogger(__name__)
 TEXT_SUFFIXES = (".txt", ".tokens", ".md", ".rst", ".raw")
 BUILTIN_SOURCES = ("builtin:python-docs", "builtin:python-docstrings")
 WIKITEXT = "wikitext:wikitext-103-raw-v1"
+SHARD_CHARS = 1 << 16
+"""Characters per shard of consecutive records: the unit dealt to lanes (and so to ranks)."""
 
 
 def cache_dir() -> Path:
@@ -165,69 +172,165 @@ def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
+class _Packer:
+    """Incremental packing: records in, full ``block_size`` blocks out (tokenised ``chunk`` records at a time)."""
+
+    def __init__(self, tokenizer, block_size: int, chunk: int = 256):
+        self.tokenizer, self.block_size, self.chunk = tokenizer, block_size, chunk
+        self.pending: list[str] = []
+        self.buffer: list[int] = []
+
+    def add(self, text: str) -> list[list[int]]:
+        """Queue one record (blank ones are skipped); returns the blocks completed by it, if any."""
+        if text and text.strip():
+            self.pending.append(text if text.endswith("\n") else text + "\n")
+            if len(self.pending) >= self.chunk:
+                return self.flush()
+        return []
+
+    def flush(self) -> list[list[int]]:
+        """Tokenise the queued records; returns every complete block (a partial tail stays buffered)."""
+        for ids in encode_batch(self.tokenizer, self.pending):
+            self.buffer.extend(ids)
+        self.pending.clear()
+        n, size = len(self.buffer), self.block_size
+        blocks = [self.buffer[i:i + size] for i in range(0, n - n % size, size)]
+        del self.buffer[:n - n % size]
+        return blocks
+
+
 def packed_blocks(records: Iterable[str], tokenizer, block_size: int, chunk: int = 256) -> Iterator[list[int]]:
     """Concatenate the records' tokens (newline-joined) and yield ``block_size`` blocks."""
-    buffer: list[int] = []
-    pending: list[str] = []
-
-    def drain() -> Iterator[list[int]]:
-        for ids in encode_batch(tokenizer, pending):
-            buffer.extend(ids)
-        pending.clear()
-        while len(buffer) >= block_size:
-            yield buffer[:block_size]
-            del buffer[:block_size]
-
+    packer = _Packer(tokenizer, block_size, chunk)
     for text in records:
-        if text and text.strip():
-            pending.append(text if text.endswith("\n") else text + "\n")
-            if len(pending) >= chunk:
-                yield from drain()
-    yield from drain()
+        yield from packer.add(text)
+    yield from packer.flush()
+
+
+def text_micro_batch(batch_size: int, world_size: int, grad_accum: int) -> int:
+    """Text blocks per micro-batch so that a step holds exactly ``batch_size`` blocks, or a ConfigError.
+
+    Every micro-batch gets the same number of blocks, so the mean of the per-micro-batch LM losses
+    (token means, averaged over accumulation and ranks) is the mean over the step's blocks.
+    """
+    slots = world_size * grad_accum
+    if batch_size % slots:
+        fits = [n for n in (slots, 2 * slots) if n != batch_size]
+        raise ConfigError(
+            f"text.batch_size={batch_size} blocks per step cannot be split evenly over {world_size} process(es) "
+            f"x train.grad_accum={grad_accum} micro-batches: set text.batch_size to a multiple of {slots} "
+            f"(e.g. {' or '.join(map(str, fits))}), or change the process count / train.grad_accum")
+    return batch_size // slots
+
+
+def shard_records(records: Iterable[str], shard_chars: int = SHARD_CHARS) -> Iterator[tuple[int, str]]:
+    """``(shard, record)`` pairs: consecutive records, a new shard after each ``shard_chars`` characters.
+
+    Shards depend only on the records' lengths, so every rank agrees on them without tokenising.
+    """
+    shard, size = 0, 0
+    for text in records:
+        yield shard, text
+        size += len(text) + 1
+        if size >= shard_chars:
+            shard, size = shard + 1, 0
+
+
+def _as_array(blocks: list[list[int]], block_size: int) -> np.ndarray:
+    return np.asarray(blocks, dtype=np.int32).reshape(len(blocks), block_size)
 
 
 class TextBlockStream(IterableDataset):
-    """Endless micro-batches ``[micro_batch, block_size]`` of token ids for one rank."""
+    """Endless micro-batches ``[micro_batch, block_size]`` of token ids for one rank.
 
-    def __init__(self, source: str, tokenizer, block_size: int, micro_batch: int, rank: int = 0,
-                 world_size: int = 1, start_micro_batch: int = 0, split: str = "train",
-                 text_field: str = "text"):
-        """Stream packed blocks of ``source`` for ``rank`` of ``world_size`` from ``start_micro_batch``."""
+    Lanes: the ``batch_size`` (= ``text.batch_size``) lanes partition the corpus: shard ``g`` (see
+    :func:`shard_records`) goes to lane ``g mod batch_size``; a lane's blocks are its shards' records
+    packed in corpus order (only the lane's last partial block is dropped). Step ``s`` reads block
+    ``perm_e[s mod n]`` of every lane, where ``n`` is the lane's block count, ``e = s // n`` its
+    epoch and ``perm_e`` a permutation seeded by ``(seed, lane, e)``. Rank ``r`` of ``W`` owns lanes
+    ``r, r+W, ...``; its micro-batch ``m`` of a step (``m < grad_accum``) holds the next
+    ``micro_batch`` of them. So the blocks of a step — and the block set of the corpus — do not
+    depend on ``W`` or ``grad_accum``, and resuming at micro-batch ``k`` is a seek, not a replay.
+
+    Cost: every rank reads all records (to count shard sizes) but tokenises only its lanes'
+    shards, and holds their tokens in memory (2 bytes a token when the ids fit in uint16).
+    Compared with one global packing, block boundaries differ only where a lane jumps from one
+    shard to the next. DataLoader worker ``w`` of ``n`` yields micro-batches ``k ≡ w (mod n)``.
+    """
+
+    def __init__(self, source: str, tokenizer, block_size: int, batch_size: int, rank: int = 0,
+                 world_size: int = 1, grad_accum: int = 1, seed: int = 0, start_micro_batch: int = 0,
+                 split: str = "train", text_field: str = "text", shard_chars: int = SHARD_CHARS):
+        """Stream ``rank``'s share of ``batch_size`` blocks per step of ``source``, from ``start_micro_batch``."""
         super().__init__()
         self.source, self.split, self.text_field = source, split, text_field
         self.tokenizer = tokenizer
-        self.block_size = block_size
-        self.micro_batch = micro_batch
-        self.rank, self.world_size = rank, world_size
+        self.block_size, self.batch_size = block_size, batch_size
+        self.micro_batch = text_micro_batch(batch_size, world_size, grad_accum)
+        self.rank, self.world_size, self.grad_accum = rank, world_size, grad_accum
+        self.seed = int(seed) % (1 << 63)
         self.start_micro_batch = start_micro_batch
+        self.shard_chars = shard_chars
+        self.lanes = list(range(rank, batch_size, world_size))
+        self._blocks: dict[int, np.ndarray] | None = None
+        self._orders: dict[int, tuple[int, np.ndarray]] = {}
 
-    def _rank_blocks(self) -> Iterator[list[int]]:
-        epoch = 0
-        while True:
-            produced = 0
-            records = open_text_records(self.source, self.split, self.text_field)
-            for j, block in enumerate(packed_blocks(records, self.tokenizer, self.block_size)):
-                produced += 1
-                if j % self.world_size == self.rank:
-                    yield block
-            if produced < self.world_size:
-                raise ValueError(f"text.source '{self.source}' yields {produced} blocks of {self.block_size} "
-                                 f"tokens: fewer than the {self.world_size} ranks; use more text or a smaller block")
-            epoch += 1
-            log.debug("text stream %s: epoch %d done", self.source, epoch)
+    def lane_blocks(self) -> dict[int, np.ndarray]:
+        """This rank's lanes → their packed blocks ``[n, block_size]`` in corpus order (built once)."""
+        if self._blocks is None:
+            self._blocks = self._pack_lanes()
+        return self._blocks
+
+    def _pack_lanes(self) -> dict[int, np.ndarray]:
+        packers = {lane: _Packer(self.tokenizer, self.block_size) for lane in self.lanes}
+        parts: dict[int, list[np.ndarray]] = {lane: [] for lane in self.lanes}
+        shards = 0
+        records = open_text_records(self.source, self.split, self.text_field)
+        for shard, text in shard_records(records, self.shard_chars):
+            shards = shard + 1
+            lane = shard % self.batch_size
+            if lane in packers and (done := packers[lane].add(text)):
+                parts[lane].append(_as_array(done, self.block_size))
+        if shards < self.batch_size:
+            raise ValueError(
+                f"text.source '{self.source}' splits into {shards} shard(s) of ~{self.shard_chars} characters: "
+                f"fewer than text.batch_size={self.batch_size} lanes; use more text or a smaller text.batch_size")
+        out = {}
+        for lane, packer in packers.items():
+            if done := packer.flush():
+                parts[lane].append(_as_array(done, self.block_size))
+            if not parts[lane]:
+                raise ValueError(f"text.source '{self.source}': lane {lane} of {self.batch_size} holds no full block "
+                                 f"of {self.block_size} tokens; use more text or a smaller text.block_size")
+            blocks = np.concatenate(parts[lane])
+            out[lane] = blocks.astype(np.uint16) if blocks.max() < (1 << 16) else blocks
+        log.info("text stream %s, rank %d: lanes %s, %d blocks of %d tokens", self.source, self.rank,
+                 self.lanes, sum(len(b) for b in out.values()), self.block_size)
+        return out
+
+    def block(self, lane: int, step: int) -> np.ndarray:
+        """The block ``lane`` contributes to optimizer step ``step`` (its seeded, per-epoch order)."""
+        blocks = self.lane_blocks()[lane]
+        epoch, i = divmod(step, len(blocks))
+        cached = self._orders.get(lane)
+        if cached is None or cached[0] != epoch:
+            cached = (epoch, np.random.default_rng([self.seed, lane, epoch]).permutation(len(blocks)))
+            self._orders[lane] = cached
+        return blocks[cached[1][i]]
+
+    def micro_batch_at(self, k: int) -> torch.Tensor:
+        """This rank's micro-batch ``k`` (step ``k // grad_accum``), ``[micro_batch, block_size]``."""
+        step, m = divmod(k, self.grad_accum)
+        lanes = self.lanes[m * self.micro_batch:(m + 1) * self.micro_batch]
+        return torch.from_numpy(np.stack([self.block(lane, step) for lane in lanes]).astype(np.int64))
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        batch: list[list[int]] = []
-        for i, block in enumerate(self._rank_blocks()):
-            k = i // self.micro_batch
-            if k < self.start_micro_batch or (k - self.start_micro_batch) % num_workers != worker:
-                continue
-            batch.append(block)
-            if len(batch) == self.micro_batch:
-                yield torch.tensor(batch, dtype=torch.long)
-                batch = []
+        k = self.start_micro_batch + worker
+        while True:
+            yield self.micro_batch_at(k)
+            k += num_workers
 
 
 def corpus_fingerprint(source: str) -> str:

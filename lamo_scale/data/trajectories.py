@@ -18,6 +18,8 @@ from pathlib import Path
 
 import gymnasium as gym
 import minari
+from typing import Optional
+
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,8 @@ class TrajectoryIndex:
     action_low: np.ndarray
     action_high: np.ndarray
     dataset_id: str
+    episode_ids: Optional[np.ndarray] = None
+    """Minari episode ids of the kept (data-ratio) subset, in the order they were read."""
 
     @property
     def num_steps(self) -> int:
@@ -124,7 +128,12 @@ class TrajectoryIndex:
 
 def load_trajectories(dataset: minari.MinariDataset, rtg_scale: float, data_ratio: float = 1.0,
                       seed: int = 0, normalize_states: bool = True) -> TrajectoryIndex:
-    """Read a Minari dataset into a :class:`TrajectoryIndex` (seeded data-ratio subsampling)."""
+    """Read a Minari dataset into a :class:`TrajectoryIndex` (seeded data-ratio subsampling).
+
+    ``seed`` is the *ratio* seed (``data.ratio_seed``): the subset is a function of (dataset,
+    ratio, ratio seed) only, as the official per-ratio index files are, so training seeds vary
+    the training and not the data.
+    """
     action_space = dataset.action_space
     if not isinstance(action_space, gym.spaces.Box):
         raise ValueError(f"dataset {dataset.id}: only continuous (Box) action spaces are supported, "
@@ -162,4 +171,5 @@ def load_trajectories(dataset: minari.MinariDataset, rtg_scale: float, data_rati
         action_low=np.asarray(action_space.low, np.float32).reshape(-1),
         action_high=np.asarray(action_space.high, np.float32).reshape(-1),
         dataset_id=dataset.id,
+        episode_ids=np.asarray(episode_ids, np.int64),
     )

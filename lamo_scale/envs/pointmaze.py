@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from typing import Optional
 
 import gymnasium as gym
 
@@ -36,20 +37,38 @@ def robotics_available() -> bool:
     return True
 
 
+def _needs_robotics(env) -> Optional[str]:
+    """The gymnasium-robotics env id ``env`` (an id or an ``EnvSpec``) names, or None."""
+    if isinstance(env, str):
+        return env if ROBOTICS_ID.match(env) else None
+    entry_point = env.entry_point if isinstance(env.entry_point, str) else ""
+    return env.id if entry_point.startswith("gymnasium_robotics") or ROBOTICS_ID.match(env.id) else None
+
+
+def missing_extra_error(env_id: str, exc: ImportError) -> ImportError:
+    """An ImportError that says which extra of lamo_scale to install for ``env_id``."""
+    if env_id.startswith("FrankaKitchen"):
+        how = ("install the 'kitchen' extra in its own environment: pip install 'lamo_scale[kitchen]' "
+               "(gymnasium-robotics with mujoco<=3.x; not with constraints.txt)")
+    else:
+        how = "install the 'maze' extra: pip install 'lamo_scale[maze]' (or pip install gymnasium-robotics)"
+    return ImportError(f"{env_id} is a gymnasium-robotics environment and gymnasium-robotics is not installed "
+                       f"({exc}); {how}", name=exc.name)
+
+
 def ensure_robotics_registered(env_id) -> None:
     """Import gymnasium-robotics when ``env_id`` is one of its ids and is not registered yet.
 
     ``env_id`` may also be an ``EnvSpec`` (``gym.make`` accepts both; a spec carries its
-    entry point, so nothing needs registering). Raises ImportError naming the missing
-    package (``pip install gymnasium-robotics``).
+    entry point, so nothing needs registering, but its entry point still needs the package).
+    Without gymnasium-robotics, raises ImportError naming the extra to install
+    (``pip install 'lamo_scale[maze]'``), chained to the original error.
     """
-    if not isinstance(env_id, str) or env_id in gym.registry or not ROBOTICS_ID.match(env_id):
+    robotics_id = _needs_robotics(env_id)
+    if robotics_id is None or (isinstance(env_id, str) and env_id in gym.registry):
         return
     try:
         gymnasium_robotics = importlib.import_module("gymnasium_robotics")
     except ImportError as exc:
-        raise ImportError(
-            f"{env_id} needs gymnasium-robotics (pip install gymnasium-robotics; "
-            "FrankaKitchen also needs mujoco<=3.x)"
-        ) from exc
+        raise missing_extra_error(robotics_id, exc) from exc
     gym.register_envs(gymnasium_robotics)

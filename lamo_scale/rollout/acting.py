@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lamo_scale.data.segments import window_offsets
+from lamo_scale.data.segments import window_offsets, window_tensors
 from lamo_scale.data.trajectories import StateStats
 from lamo_scale.envs import make_env
 
@@ -96,49 +96,64 @@ def run_episodes(act: Callable[..., torch.Tensor], spec: ActingSpec, target_retu
     return results
 
 
+class EpisodeWindows:
+    """The running history of ``n`` parallel episodes, and the policy's input window at step ``t``.
+
+    States are normalised with the dataset's statistics, the return-to-go starts at the target
+    and drops by each reward (both divided by ``rtg_scale``), timesteps count from 0: exactly
+    what training segments hold (tests replay a dataset episode through it).
+    """
+
+    def __init__(self, spec: ActingSpec, first_obs: np.ndarray, targets: np.ndarray, horizon: int, act_dim: int):
+        """Start ``len(first_obs)`` episodes conditioned on ``targets`` (unscaled returns)."""
+        n = len(first_obs)
+        self.spec, self.k = spec, spec.context_len
+        flat = first_obs.reshape(n, -1)
+        self.states = np.zeros((n, horizon + 1, flat.shape[1]), np.float32)
+        self.actions = np.zeros((n, horizon + 1, act_dim), np.float32)
+        self.rtg = np.zeros((n, horizon + 1), np.float32)
+        self.states[:, 0] = spec.state_stats.normalize(flat)
+        self.rtg[:, 0] = np.asarray(targets, np.float32) / spec.rtg_scale
+
+    def window(self, t: int) -> dict[str, torch.Tensor]:
+        """The left-padded K-step window ending at step ``t`` (same builder as training segments)."""
+        n = len(self.states)
+        offsets, valid = window_offsets(np.full(n, t), self.k)
+        idx = np.clip(t + offsets, 0, None)
+        timesteps = np.broadcast_to(idx, (n, self.k))
+        return window_tensors(self.states[:, idx], self.actions[:, idx], self.rtg[:, idx], timesteps, valid)
+
+    def record(self, t: int, action: np.ndarray, next_obs: np.ndarray, reward: np.ndarray) -> None:
+        """Store step ``t``'s action, then the next state and the decremented return-to-go."""
+        self.actions[:, t] = action
+        self.states[:, t + 1] = self.spec.state_stats.normalize(next_obs.reshape(len(next_obs), -1))
+        self.rtg[:, t + 1] = self.rtg[:, t] - reward / self.spec.rtg_scale
+
+
 def _run_wave(act, envs, spec: ActingSpec, wave, horizon: int, seed: int, device, autocast_dtype):
     n_active, n = len(wave), envs.num_envs
-    k = spec.context_len
-    state_dim = int(np.prod(envs.single_observation_space.shape))
     act_dim = int(np.prod(envs.single_action_space.shape))
     seeds = [seed + ep for _, ep in wave] + [seed + 10_000_000 + i for i in range(n - n_active)]
     obs, _ = envs.reset(seed=seeds)
-    states = np.zeros((n, horizon + 1, state_dim), np.float32)
-    actions = np.zeros((n, horizon + 1, act_dim), np.float32)
-    rtg = np.zeros((n, horizon + 1), np.float32)
-    states[:, 0] = spec.state_stats.normalize(obs.reshape(n, -1))
     targets = np.array([t for t, _ in wave] + [0.0] * (n - n_active), np.float32)
-    rtg[:, 0] = targets / spec.rtg_scale
+    history = EpisodeWindows(spec, obs, targets, horizon, act_dim)
     returns = np.zeros(n, np.float64)
     lengths = np.zeros(n, np.int64)
     alive = np.arange(n) < n_active
     low, high = envs.single_action_space.low, envs.single_action_space.high
     for t in range(horizon):
-        offsets, valid = window_offsets(np.full(n, t), k)
-        idx = np.clip(t + offsets, 0, None)
-        mask = valid.astype(np.int64)
-        fmask = valid[..., None].astype(np.float32)
-        batch = {
-            "states": torch.from_numpy(states[:, idx] * fmask),
-            "actions": torch.from_numpy(actions[:, idx] * fmask),
-            "returns_to_go": torch.from_numpy((rtg[:, idx] * valid)[..., None].astype(np.float32)),
-            "timesteps": torch.from_numpy(np.broadcast_to(idx * mask, (n, k)).copy()),
-            "attention_mask": torch.from_numpy(mask),
-        }
-        batch = {key: v.to(device) for key, v in batch.items()}
+        batch = {key: v.to(device) for key, v in history.window(t).items()}
         with torch.inference_mode(), torch.autocast(device_type=torch.device(device).type,
                                                     dtype=autocast_dtype or torch.bfloat16,
                                                     enabled=autocast_dtype is not None):
             action = act(**batch).float().cpu().numpy()
         action = np.clip(action, low, high)
-        actions[:, t] = action
         obs, reward, terminated, truncated, _ = envs.step(action)
         reward = np.where(alive, reward, 0.0)
         returns += reward
         lengths += alive
         done = terminated | truncated
-        states[:, t + 1] = spec.state_stats.normalize(obs.reshape(n, -1))
-        rtg[:, t + 1] = rtg[:, t] - reward / spec.rtg_scale
+        history.record(t, action, obs, reward)
         alive &= ~done
         if not alive.any():
             break

@@ -19,6 +19,7 @@ import re
 from typing import Optional
 
 from lamo_scale.rollout.evaluate import BEST_METRIC
+from lamo_scale.tracking import metric_history
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,9 @@ ALIAS = "best"
 
 
 def best_point(client, run_id: str) -> Optional[tuple[int, float]]:
-    """``(step, score)`` of the run's best evaluated checkpoint (None before any summary)."""
-    points = client.get_metric_history(run_id, BEST_METRIC)
+    """``(step, score)`` of the run's best evaluated checkpoint (None before any summary); a step
+    logged twice counts with its last-logged score."""
+    points = metric_history(client, run_id, BEST_METRIC)
     if not points:
         return None
     best = max(points, key=lambda m: (m.value, -m.step))

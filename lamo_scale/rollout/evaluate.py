@@ -82,11 +82,15 @@ class EvalReport:
 
     step: int
     summaries: dict[float, dict[str, float]]
+    note: Optional[str] = None
+    """Why there is no normalised score (no reference scores), else None."""
 
     def best_normalized(self) -> Optional[float]:
-        """The paper's rule: the score at the best target return."""
-        scores = [s["normalized_score"] for s in self.summaries.values() if "normalized_score" in s]
-        return max(scores) if scores else None
+        """This checkpoint's score (lamo_scale.scoring.checkpoint_score): the score at its best target return."""
+        from lamo_scale.scoring import checkpoint_score
+
+        scores = {t: s["normalized_score"] for t, s in self.summaries.items() if "normalized_score" in s}
+        return checkpoint_score(scores) if scores else None
 
 
 def evaluate_checkpoint(ref: str | Path | ckpt.Checkpoint, episodes: Optional[int] = None,
@@ -111,7 +115,10 @@ def evaluate_checkpoint(ref: str | Path | ckpt.Checkpoint, episodes: Optional[in
                                  autocast_dtype=torch.bfloat16 if bf16 else None)
     summaries = {t: dict(r.summary(meta.get("ref_min_score"), meta.get("ref_max_score")), wall_time_s=seconds)
                  for t, r in results.items()}
-    report = EvalReport(step=checkpoint.step, summaries=summaries)
+    note = None
+    if meta.get("ref_min_score") is None or meta.get("ref_max_score") is None:
+        note = f"no reference scores ({meta.get('reference_note') or 'none recorded'}): raw returns only"
+    report = EvalReport(step=checkpoint.step, summaries=summaries, note=note)
     log.info("evaluated %s: %.1f env-steps/s", checkpoint.path, env_steps_per_second(results, seconds))
     run_id = meta.get("mlflow_run_id")
     if log_to_mlflow and run_id:

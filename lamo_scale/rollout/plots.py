@@ -5,6 +5,8 @@ import logging
 import tempfile
 from pathlib import Path
 
+from lamo_scale.tracking import metric_history
+
 log = logging.getLogger(__name__)
 
 PLOT_ARTIFACT = "plots/eval_curve.png"
@@ -12,15 +14,14 @@ PLOT_ARTIFACT = "plots/eval_curve.png"
 
 
 def eval_curves(client, run_id: str, metric_keys=None) -> dict[str, list[tuple[int, float]]]:
-    """``{target: [(step, normalised score), ...]}`` of one run, sorted by step."""
+    """``{target: [(step, normalised score), ...]}`` of one run, sorted by step (the last-logged point per step)."""
     if metric_keys is None:
         metric_keys = client.get_run(run_id).data.metrics
     curves = {}
     for key in sorted(metric_keys):
         parts = key.split("/")
         if len(parts) == 3 and parts[0] == "eval" and parts[2] == "normalized_score":
-            points = {m.step: m.value for m in client.get_metric_history(run_id, key)}
-            curves[parts[1]] = sorted(points.items())
+            curves[parts[1]] = [(m.step, m.value) for m in metric_history(client, run_id, key)]
     return curves
 
 

@@ -80,9 +80,12 @@ def summary_metrics(client, run: jobs_mod.RunJobs, step: int) -> dict[str, float
     """``eval/best_normalized_score`` of checkpoint ``step``: its score at its best target."""
     from lamo_scale.rollout.evaluate import BEST_METRIC, normalized_key
 
-    scores = [m.value for t in run.targets for m in client.get_metric_history(run.run_id, normalized_key(t))
-              if m.step == step]
-    return {BEST_METRIC: max(scores)} if scores else {}
+    from lamo_scale.scoring import checkpoint_score
+    from lamo_scale.tracking import metric_history
+
+    scores = {t: m.value for t in run.targets for m in metric_history(client, run.run_id, normalized_key(t))
+              if m.step == step}
+    return {BEST_METRIC: checkpoint_score(scores)} if scores else {}
 
 
 def _claim(client, run: jobs_mod.RunJobs, step: int, target: str, owner: int, opts: WorkerOptions) -> JobClaim:
