@@ -115,7 +115,7 @@ def test_zero3_saves_a_complete_adapter_that_reloads_to_the_same_actions(runs, r
     policy3, _ = load_policy(z3)
     policy1, _ = load_policy(one)
     g = torch.Generator().manual_seed(0)
-    batch = {"states": torch.randn(5, 4, 10, generator=g), "actions": torch.zeros(5, 4, 2),
+    batch = {"states": torch.randn(5, 4, 12, generator=g), "actions": torch.zeros(5, 4, 2),
              "returns_to_go": torch.rand(5, 4, 1, generator=g), "timesteps": torch.arange(4).repeat(5, 1),
              "attention_mask": torch.ones(5, 4, dtype=torch.long)}
     torch.testing.assert_close(policy3.act(**batch), policy1.act(**batch), rtol=1e-4, atol=1e-5)

@@ -184,7 +184,7 @@ def test_left_padding_does_not_change_the_action(backbone):
 def test_gpt2_position_embeddings_only_on_request():
     """No wpe for RL tokens (the official LaMo/DT code); model.rl_position_embeddings=true adds it back."""
     plain, _, _ = make("model.backbone_dropout=0.0")
-    with_pos, _, _ = make("model.backbone_dropout=0.0")
+    with_pos, _, _ = make("model.backbone_dropout=0.0", "model.rl_position_embeddings=true")
     plain.eval(), with_pos.eval()
     with torch.no_grad():
         with_pos.transformer.wpe.weight.normal_(0, 1.0)
