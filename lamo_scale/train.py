@@ -13,6 +13,7 @@ never steps an environment: evaluation is ``lamo-scale evaluate`` / rollout work
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ from lamo_scale import distributed as dist
 from lamo_scale.preemption import Preempted, PreemptionFlag
 from lamo_scale.config import Config, ConfigError, dump_yaml, flatten, load_config, to_dict
 from lamo_scale.data.segments import SegmentStream
-from lamo_scale.data.text import TextBlockStream, corpus_fingerprint, resolve_source
+from lamo_scale.data.text import TextBlockStream, corpus_fingerprint, resolve_source, text_micro_batch
 from lamo_scale.data.trajectories import TrajectoryIndex, load_trajectories, open_dataset
 from lamo_scale.envs.scores import find_reference
 from lamo_scale.optim import build_optimizer
@@ -74,7 +75,9 @@ def dataset_meta(dataset, index: TrajectoryIndex, cfg: Config) -> dict:
     md = dataset.storage.metadata
     ref, note = (md.get("ref_min_score"), md.get("ref_max_score")), None
     if ref[0] is None or ref[1] is None:
-        ref, note = fallback_reference(spec, cfg) if env_id else (None, "the dataset names no environment")
+        # the env evaluation will act in: eval.env_id with its defaults, else the dataset's spec (its kwargs)
+        ref, note = (find_reference(cfg.eval.env_id or spec, None, cfg.eval.max_episode_steps) if env_id
+                     else (None, "the dataset names no environment"))
         if ref is None:
             log.warning("no reference scores for %s: %s; evaluation reports raw returns", index.dataset_id, note)
     return {
@@ -97,21 +100,10 @@ def dataset_meta(dataset, index: TrajectoryIndex, cfg: Config) -> dict:
 
 def subset_record(index: TrajectoryIndex, cfg: Config) -> dict:
     """The data-ratio subset a run trained on: dataset, ratio, ratio seed, episode ids and their hash."""
-    import hashlib
-
     ids = [int(i) for i in index.episode_ids]
     return {"dataset": index.dataset_id, "data_ratio": cfg.data.data_ratio, "ratio_seed": cfg.data.ratio_seed,
             "episodes": len(ids), "sha256": hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16],
             "episode_ids": ids}
-
-
-def fallback_reference(spec, cfg: Config):
-    """``(reference scores or None, why None)`` of the env evaluation will act in, for a dataset
-    whose metadata has none: ``eval.env_id`` with its defaults, else the dataset's env spec (its
-    kwargs), either with ``eval.max_episode_steps`` when set."""
-    if cfg.eval.env_id:
-        return find_reference(cfg.eval.env_id, None, cfg.eval.max_episode_steps)
-    return find_reference(spec, None, cfg.eval.max_episode_steps)
 
 
 def find_resume(cfg: Config, run_dir: Path) -> Optional[ckpt.Checkpoint]:
@@ -180,6 +172,8 @@ def _train(cfg: Config, preemption: PreemptionFlag) -> TrainResult:
     if cfg.train.batch_size % (world * cfg.train.grad_accum):
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} must divide evenly over {world} processes "
                           f"x {cfg.train.grad_accum} accumulation steps")
+    if cfg.loss.language_weight > 0:
+        text_micro_batch(cfg.text.batch_size, world, cfg.train.grad_accum)  # ConfigError before any model is built
     names = [resolve_names(cfg)]
     if world > 1:
         from accelerate.utils import broadcast_object_list

@@ -229,3 +229,5 @@ def test_dt_ablation_is_the_papers_decision_transformer():
     assert policy.input_scale == 1.0 and cfg.loss.language_weight == 0
     backbone = [p for n, p in policy.named_parameters() if n.startswith("lm.") and "wpe" not in n and "wte" not in n]
     assert backbone and all(p.requires_grad for p in backbone)
+    # no text and no positions on RL tokens: wte/wpe would get no gradient (DDP fails on such a parameter)
+    assert not policy.transformer.wpe.weight.requires_grad and not policy.transformer.wte.weight.requires_grad

@@ -430,7 +430,8 @@ def dataset_report(dataset_ids: list[str] | None = None) -> list[dict[str, Any]]
         meta = dataset.storage.metadata
         env_spec = dataset.spec.env_spec
         env_id = env_spec.id if env_spec is not None else None
-        returns = _returns(list(dataset.iterate_episodes()))
+        episodes = list(dataset.iterate_episodes())  # read once: returns and the noise floor
+        returns = _returns(episodes)
         ref_min, ref_max = meta.get("ref_min_score"), meta.get("ref_max_score")
         note = ""
         if ref_min is None or ref_max is None:
@@ -444,7 +445,7 @@ def dataset_report(dataset_ids: list[str] | None = None) -> list[dict[str, Any]]
         hi = float(returns.max()) if returns.size else nan
         has_ref = ref_min is not None and ref_max is not None
         prov = meta.get("lamo_provenance") or {}
-        floor = _noise_floor(dataset)
+        floor = _noise_floor(episodes)
         rows.append(
             {
                 "id": dataset_id,
@@ -465,12 +466,12 @@ def dataset_report(dataset_ids: list[str] | None = None) -> list[dict[str, Any]]
     return rows
 
 
-def _noise_floor(dataset: minari.MinariDataset) -> Optional[dict[str, float]]:
-    """The action noise floor of a dataset with array observations (None for dict observations)."""
+def _noise_floor(episodes: list) -> Optional[dict[str, float]]:
+    """The action noise floor of a dataset's episodes with array observations (None for dict observations)."""
     from lamo_scale.data.diagnostics import action_noise_floor
 
     states, actions = [], []
-    for episode in dataset.iterate_episodes():
+    for episode in episodes:
         if isinstance(episode.observations, dict) or len(episode.actions) == 0:
             return None
         states.append(np.asarray(episode.observations)[: len(episode.actions)])

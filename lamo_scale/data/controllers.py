@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from lamo_scale.envs.reacher2d import STEP_SECONDS
+
 # LaMo's Reacher2d arm (lamo_scale/envs/assets/reacher2d.xml): shoulder→elbow 0.6, elbow→fingertip
 # 0.45; the first link sits at q1 + pi/4 and the second at q1 + q2 (the bodies' axis-angle offsets).
 REACHER_LINK_LENGTHS = (0.6, 0.45)
 _SHOULDER_OFFSET = 0.785
 _ELBOW_RANGE = (-2.0, 3.5)
-_DT = 0.15
 
 
 def _wrap(angle: np.ndarray) -> np.ndarray:
@@ -70,7 +71,7 @@ class ReacherIKController:
         q = np.stack([np.arctan2(obs[:, 0], obs[:, 2]), np.arctan2(obs[:, 1], obs[:, 3])], axis=1)
         goal = self.target_angles(obs)
         error = np.stack([_wrap(goal[:, 0] - q[:, 0]), goal[:, 1] - q[:, 1]], axis=1)
-        action = self.kp * error - self.kd * obs[:, 4:6] / _DT
+        action = self.kp * error - self.kd * obs[:, 4:6] / STEP_SECONDS
         if self.noise_std > 0.0:
             action = action + self.rng.normal(0.0, self.noise_std, size=action.shape)
         action = np.clip(action, -1.0, 1.0).astype(np.float32)

@@ -31,8 +31,8 @@ class GaussianMLPPolicy:
         with np.load(self.path) as arrays:
             self.arrays = {k: arrays[k] for k in arrays.files}
         self.meta = json.loads(str(self.arrays.pop("meta")))
-        self.hidden = [(self.arrays[f"w{i}"], self.arrays[f"b{i}"]) for i in range(len(self.arrays))
-                       if f"w{i}" in self.arrays]
+        layers = sum(1 for key in self.arrays if key[0] == "w" and key[1:].isdigit())
+        self.hidden = [(self.arrays[f"w{i}"], self.arrays[f"b{i}"]) for i in range(layers)]
         self.deterministic = bool(deterministic)
         self.rng = np.random.default_rng(seed)
 

@@ -32,6 +32,8 @@ from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 REACH_THRESHOLD = 0.1
 """L1 distance (in the plane) from fingertip to target under which a step is rewarded."""
 FRAME_SKIP = 15
+STEP_SECONDS = 0.01 * FRAME_SKIP
+"""Simulated seconds per env step (the MJCF's 0.01 s RK4 step x the frame skip); obs carry dt * qvel."""
 MODEL_PATH = Path(__file__).with_name("assets") / "reacher2d.xml"
 JOINT_RESET_RANGE = 2.0
 TARGET_RADIUS = (0.5, 1.0)

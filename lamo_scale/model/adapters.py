@@ -45,16 +45,20 @@ def apply_finetune_mode(lm: PreTrainedModel, cfg: ModelConfig, language_loss: bo
     """Freeze / LoRA-wrap / unfreeze the backbone as ``cfg.finetune`` says; returns the LM to use.
 
     Under full fine-tuning without the language loss the token embeddings and LM head get no
-    gradient (the RL path feeds ``inputs_embeds``), so they stay frozen: a parameter that
-    never receives a gradient makes DDP fail ("Expected to have finished reduction") and
+    gradient (the RL path feeds ``inputs_embeds``), nor does GPT-2's position table when RL
+    tokens skip it (``model.rl_position_embeddings=false``), so they stay frozen: a parameter
+    that never receives a gradient makes DDP fail ("Expected to have finished reduction") and
     would only cost optimizer memory.
     """
     if cfg.finetune == "full":
         lm.requires_grad_(True)
         if not language_loss:
-            lm.get_input_embeddings().requires_grad_(False)
-            if lm.get_output_embeddings() is not None:
-                lm.get_output_embeddings().requires_grad_(False)
+            unused = [lm.get_input_embeddings(), lm.get_output_embeddings()]
+            if not cfg.rl_position_embeddings:
+                unused.append(getattr(lm.base_model, "wpe", None))
+            for module in unused:
+                if module is not None:
+                    module.requires_grad_(False)
         return lm
     lm.requires_grad_(False)
     if cfg.dtype == "bfloat16":

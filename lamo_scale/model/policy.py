@@ -229,9 +229,6 @@ def _build_policy(cfg, state_dim, act_dim, action_low, action_high, seed, langua
     lm = apply_finetune_mode(lm, cfg, language_loss)
     torch.manual_seed(seed + 1)
     policy = LaMoPolicy(lm, state_dim, act_dim, cfg, action_low, action_high)
-    wpe = getattr(policy.transformer, "wpe", None)
-    if wpe is not None and not cfg.rl_position_embeddings and not language_loss:
-        wpe.requires_grad_(False)  # RL tokens skip it and no text runs: it would get no gradient (DDP fails)
     trainable, total = policy.parameter_counts()
     log.info("policy: backbone %s (%s, %s), trainable %s of %s parameters (%.2f%%)", cfg.backbone,
              "pre-trained" if cfg.pretrained else "random init", cfg.finetune, f"{trainable:,}",
