@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_eval.py --sizes tiny,small --num-envs 1,8,32 \
         --out bench/results/eval-cpu.json | tee bench/results/eval-cpu.txt
 
-Env: ``LaMoReacher2d-v1`` (obs 10, act 2, episodes of 100 steps that never terminate early).
+Env: ``LaMoReacher2d-v1`` (obs 12, act 2, episodes of 100 steps that never terminate early).
 Policy: the LaMo policy (frozen random-init tiny-gpt2 + LoRA + MLP embeddings/head), eval
 mode, K = 20, identity state statistics, target return 100 (rtg scale 100).
 
