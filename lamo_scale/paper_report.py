@@ -20,6 +20,18 @@ from lamo_scale.rollout.plots import eval_curves
 
 VARIANT_ORDER = ["lamo", "dt", "random-init", "no-language", "linear-embedding", "full-finetune", "frozen"]
 
+# What each variant is, in plain words (printed under the table).
+VARIANT_NAMES = {
+    "lamo": "LaMo: the pre-trained backbone, frozen + LoRA, MLP embeddings and head, language loss",
+    "dt": "the paper's Decision Transformer: GPT-2 architecture, 3 layers, width 128, 1 head, random init, "
+          "every weight trained, linear embeddings and tanh head, no language loss",
+    "random-init": "LaMo on its own backbone architecture randomly initialised (not the paper's DT)",
+    "no-language": "LaMo without the language loss",
+    "linear-embedding": "LaMo with linear embeddings",
+    "full-finetune": "LaMo with every backbone weight trained instead of LoRA",
+    "frozen": "LaMo with the backbone fully frozen (no LoRA)",
+}
+
 # What the paper claims each comparison with LaMo shows (LaMo ahead of the variant).
 CLAIMS = {
     "dt": "a pre-trained LM backbone beats Decision Transformer",
@@ -150,6 +162,7 @@ def markdown(scores: list[RunScore], experiment: str, notes: str = "",
         lines += [notes, ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += [""] + [f"- `{v}`: {VARIANT_NAMES[v]}" for v in header[2:] if v in VARIANT_NAMES]
     claim_lines = claims(scores)
     if claim_lines:
         lines += ["", "## The paper's claims on this data", "",

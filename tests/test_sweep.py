@@ -83,6 +83,7 @@ def test_half_done_sweep_resumes_without_redoing_runs(tmp_path, reacher_dataset)
     assert png.stat().st_size > 1000 and len(scores) == 4
     text = md.read_text()
     assert "| task | data ratio | lamo | dt |" in text and "D4RL-like" not in text  # test/ data is not lamo/-made
+    assert "- `dt`: the paper's Decision Transformer: GPT-2 architecture, 3 layers, width 128" in text
     assert f"`{reacher_dataset}` {behaviour_score(reacher_dataset):.1f}." in text  # behaviour reference
     for run in runs:
         history = client.get_metric_history(run.info.run_id, "eval/50/normalized_score")
