@@ -43,11 +43,16 @@ def reacher_dataset(minari_store) -> str:
     return ds.id
 
 
-@pytest.fixture
-def text_file(tmp_path) -> str:
-    """A real English text file: WikiText-103 valid when ../shared has it, else this repo's docs."""
+def english_text_file(directory: Path) -> str:
+    """A real English text file: WikiText-103 valid when ../shared has it, else this repo's sources written to ``directory``."""
     if WIKITEXT_VALID.exists():
         return str(WIKITEXT_VALID)
-    path = tmp_path / "text.txt"
+    path = Path(directory) / "text.txt"
     path.write_text("\n".join(p.read_text() for p in sorted((REPO / "lamo_scale").rglob("*.py"))))
     return str(path)
+
+
+@pytest.fixture
+def text_file(tmp_path) -> str:
+    """See :func:`english_text_file`."""
+    return english_text_file(tmp_path)

@@ -35,8 +35,8 @@ def make_cfg(tmp_path, dataset, text, *extra):
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory, reacher_dataset):
     tmp = tmp_path_factory.mktemp("straight")
-    from conftest import WIKITEXT_VALID, REPO
-    text = str(WIKITEXT_VALID) if WIKITEXT_VALID.exists() else str(REPO / "lamo_scale")
+    from conftest import english_text_file
+    text = english_text_file(tmp)  # without ../shared the repo's sources (was: a directory with no text files)
     cfg = make_cfg(tmp, reacher_dataset, text, "tracking.run_name=straight")
     return tmp, text, cfg, train(cfg)
 
