@@ -136,9 +136,13 @@ class LaMoPolicy(nn.Module):
         tokens = (self.embed_ln(tokens) + time.unsqueeze(2)).reshape(batch, 3 * k, self.hidden_size)
         mask = attention_mask.repeat_interleave(3, dim=1)
         wpe = None if self.cfg.rl_position_embeddings else getattr(self.transformer, "wpe", None)
+        if not torch.is_autocast_enabled(tokens.device.type):
+            tokens = tokens.to(self.backbone_dtype)
+        # Under autocast the tokens stay fp32, so the residual stream does too (type promotion of
+        # the bf16 matmul outputs): with a bf16-stored base and bf16 tokens it is rounded at every
+        # layer, which moved actions by up to 0.16 vs fp32 (tests/test_precision.py), not 0.06.
         with _positions_skipped(wpe):
-            hidden = self.transformer(inputs_embeds=tokens.to(self.backbone_dtype), attention_mask=mask,
-                                      use_cache=False).last_hidden_state
+            hidden = self.transformer(inputs_embeds=tokens, attention_mask=mask, use_cache=False).last_hidden_state
         state_hidden = hidden.reshape(batch, k, 3, self.hidden_size)[:, :, 1]
         out = self.action_head(state_hidden.to(self.embed_ln.weight.dtype))
         if self.bounded:
