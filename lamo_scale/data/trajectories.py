@@ -109,6 +109,10 @@ class TrajectoryIndex:
     dataset_id: str
     episode_ids: Optional[np.ndarray] = None
     """Minari episode ids of the kept (data-ratio) subset, in the order they were read."""
+    rewards: Optional[np.ndarray] = None
+    """[N] float32 per-step rewards, unscaled (what value-based baselines learn from)."""
+    episode_terminated: Optional[np.ndarray] = None
+    """[E] bool: the episode ended in a terminal state (False: truncated by a time limit)."""
 
     @property
     def num_steps(self) -> int:
@@ -141,6 +145,7 @@ def load_trajectories(dataset: minari.MinariDataset, rtg_scale: float, data_rati
     chosen = select_episodes(dataset.total_episodes, data_ratio, seed)
     episode_ids = dataset.episode_indices[chosen]
     states, actions, rtg, timesteps, lengths, returns = [], [], [], [], [], []
+    rewards, terminated = [], []
     for episode in dataset.iterate_episodes(episode_ids):
         obs = flatten_observations(dataset.observation_space, episode.observations)[:-1]
         n = len(episode.rewards)
@@ -150,6 +155,8 @@ def load_trajectories(dataset: minari.MinariDataset, rtg_scale: float, data_rati
         timesteps.append(np.arange(n, dtype=np.int64))
         lengths.append(n)
         returns.append(float(np.sum(episode.rewards, dtype=np.float64)))
+        rewards.append(np.asarray(episode.rewards, np.float32).reshape(n))
+        terminated.append(bool(np.asarray(episode.terminations).reshape(-1)[-1]) if n else False)
     flat_states = np.concatenate(states).astype(np.float32)
     mean = flat_states.mean(axis=0)
     std = flat_states.std(axis=0) + 1e-6
@@ -172,4 +179,6 @@ def load_trajectories(dataset: minari.MinariDataset, rtg_scale: float, data_rati
         action_high=np.asarray(action_space.high, np.float32).reshape(-1),
         dataset_id=dataset.id,
         episode_ids=np.asarray(episode_ids, np.int64),
+        rewards=np.concatenate(rewards),
+        episode_terminated=np.asarray(terminated, bool),
     )

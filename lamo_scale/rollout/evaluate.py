@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 from lamo_scale import checkpoint as ckpt
-from lamo_scale.config import from_dict
+from lamo_scale.config import EvalConfig, from_dict
 from lamo_scale.data.trajectories import StateStats
 from lamo_scale.model import build_policy
 from lamo_scale.rollout.acting import ActingSpec, env_steps_per_second, timed_run
@@ -85,6 +85,19 @@ def prepare_for_acting(policy, bf16: bool):
     return policy.eval()
 
 
+def load_actor(checkpoint: ckpt.Checkpoint, device: str = "cpu",
+               bf16: Optional[bool] = None) -> tuple[Callable[..., torch.Tensor], EvalConfig, bool]:
+    """What the acting loop needs from a checkpoint: its act callable, its ``eval`` settings and
+    whether it acts under bf16 (``bf16=None``: as it trained). A LaMo policy, or (``meta["kind"] == "baseline"``) a d3rlpy
+    baseline adapted to the same window interface by :mod:`lamo_scale.baselines.policy`."""
+    if checkpoint.meta.get("kind") == "baseline":
+        from lamo_scale.baselines.policy import load_baseline
+
+        return load_baseline(checkpoint, device)
+    policy, cfg = load_policy(checkpoint, device, bf16)
+    return policy.act, cfg.eval, acts_in_bf16(cfg, bf16)
+
+
 def acting_spec(meta: dict, max_episode_steps: Optional[int] = None) -> ActingSpec:
     """The env, state statistics and scales a checkpoint acts with."""
     env = gym.envs.registration.EnvSpec.from_json(meta["env_spec"]) if meta.get("env_spec") else meta["env_id"]
@@ -121,13 +134,12 @@ def evaluate_checkpoint(ref: str | Path | ckpt.Checkpoint, episodes: Optional[in
     ``bf16=None`` acts in the precision the policy was trained in (bf16 autocast if it was).
     """
     checkpoint = ref if isinstance(ref, ckpt.Checkpoint) else ckpt.resolve_checkpoint(ref)
-    policy, cfg = load_policy(checkpoint, device, bf16)
-    bf16 = acts_in_bf16(cfg, bf16)
+    act, eval_cfg, bf16 = load_actor(checkpoint, device, bf16)
     meta = checkpoint.meta
-    targets = target_returns or meta.get("target_returns") or cfg.eval.target_returns
-    spec = acting_spec(meta, cfg.eval.max_episode_steps)
-    results, seconds = timed_run(policy.act, spec, targets, episodes or cfg.eval.episodes,
-                                 num_envs or cfg.eval.num_envs, cfg.eval.seed if seed is None else seed,
+    targets = target_returns or meta.get("target_returns") or eval_cfg.target_returns
+    spec = acting_spec(meta, eval_cfg.max_episode_steps)
+    results, seconds = timed_run(act, spec, targets, episodes or eval_cfg.episodes,
+                                 num_envs or eval_cfg.num_envs, eval_cfg.seed if seed is None else seed,
                                  device=device, progress=progress,
                                  autocast_dtype=torch.bfloat16 if bf16 else None)
     summaries = {t: dict(r.summary(meta.get("ref_min_score"), meta.get("ref_max_score")), wall_time_s=seconds)
