@@ -20,3 +20,11 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
+
+# Container images with podman/buildah (no Docker engine needed): docker/README.md.
+#   make images                      base image, CPU image, fast tests inside it
+#   make images IMAGES=all           ... and the quickstart inside it, and the GPU image
+IMAGES ?= base cpu test
+.PHONY: images
+images:
+	scripts/build-images.sh $(IMAGES)
