@@ -321,7 +321,7 @@ def _loop(cfg, accelerator, policy, optimizer, scheduler, loaders, tracker, meta
     try:
         while step < cfg.train.steps:
             policy.train()
-            sums = torch.zeros(3, dtype=torch.float64)
+            parts = []  # per-micro-batch losses stay on the device: one host sync per step, below
             grad_norm = None
             micro_batches = [_to_device(next(loaders.rl), device) for _ in range(cfg.train.grad_accum)]
             valid = _mean_valid_steps(accelerator, [b["attention_mask"] for b in micro_batches])
@@ -334,14 +334,14 @@ def _loop(cfg, accelerator, policy, optimizer, scheduler, loaders, tracker, meta
                         grad_norm = accelerator.clip_grad_norm_(trainable, cfg.train.grad_clip)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                sums += torch.tensor([out["loss"].item(), out["action_loss"].item(),
-                                      out["language_loss"].item() if "language_loss" in out else 0.0],
-                                     dtype=torch.float64) / cfg.train.grad_accum
+                parts.append(torch.stack([out["loss"].detach().float(), out["action_loss"].detach().float(),
+                                          out.get("language_loss", torch.zeros_like(out["loss"])).detach().float()]))
                 n = batch["states"].shape[0] * accelerator.num_processes
                 window_samples += n
                 window_tokens += 3 * k * n + (text.numel() * accelerator.num_processes if text is not None else 0)
             scheduler.step()
             # One small all-reduce: the global mean losses, and whether any rank was asked to stop.
+            sums = (torch.stack(parts).cpu().double() / cfg.train.grad_accum).sum(0)
             flags = torch.tensor([*sums.tolist(), float(preemption.requested)], dtype=torch.float64)
             reduced = _all_reduce_mean_max(accelerator, flags)
             loss, action_loss, language_loss, stop = reduced.tolist()

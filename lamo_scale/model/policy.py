@@ -26,6 +26,7 @@ from torch import nn
 from lamo_scale.config import ModelConfig
 from lamo_scale.model.adapters import apply_finetune_mode
 from lamo_scale.model.backbone import load_backbone
+from lamo_scale.model.lm_loss import language_model_loss
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ class LaMoPolicy(nn.Module):
         action_loss = err.sum() / (denom * self.act_dim).clamp_min(1.0)
         out = {"action_loss": action_loss, "loss": action_loss}
         if text_ids is not None and language_weight > 0:
-            language_loss = self.causal_lm(input_ids=text_ids, labels=text_ids, use_cache=False).loss.float()
+            language_loss = language_model_loss(self.causal_lm, self.transformer, text_ids)
             out["language_loss"] = language_loss
             out["loss"] = action_loss + language_weight * language_loss
         return out
