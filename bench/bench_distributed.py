@@ -49,6 +49,17 @@ speed-up.
 
 Dropout (backbone and LoRA) is set to 0 so that every mode computes the same loss on the same
 global batch: the final-step loss is printed as a check that the ranks really trained together.
+
+``--load DIR`` measures instead how a *checkpoint directory* is loaded (the path a hub
+checkpoint takes, ``model.backbone=DIR``), per rank: peak RSS (``VmHWM``) after the policy is
+built, after ``prepare`` (+ FSDP2's shard read), and after the first training step(s), for DDP
+(every rank loads the whole model) vs ZeRO-3 (``zero.Init`` + streamed partitions) vs FSDP2
+(meta device + streamed shards). ``--make-backbone`` first writes a random-init Llama-shaped
+checkpoint there (``--shape tinyllama-1b``: 2048 wide, 20 layers, GQA 32/4, MLP 5632, vocab
+32000, untied: 1.01 B parameters, 4.0 GB of fp32 safetensors)::
+
+    .venv/bin/python bench/bench_distributed.py --load /tmp/llama-1b --make-backbone --steps 1 \
+        --out bench/results/sharded_load-cpu.json | tee bench/results/sharded_load-cpu.txt
 """
 from __future__ import annotations
 
@@ -375,6 +386,150 @@ def driver(args) -> None:
     if failures:
         sys.exit(1)
 
+# ------------------------------------------------------------------------ checkpoint-load bench
+LOAD_YAMLS = {"ddp": "accelerate_ddp.yaml", "zero3": "accelerate_deepspeed_zero3.yaml", "fsdp": "accelerate_fsdp.yaml",
+              "zero3_offload": "accelerate_deepspeed_zero3_offload.yaml"}
+SHAPES = {"tinyllama-1b": dict(layers=20, width=2048, heads=32, kv_heads=4, intermediate=5632, vocab=32000),
+          "test-300m": dict(layers=6, width=768, heads=12, kv_heads=4, intermediate=3072, vocab=16384)}
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def load_worker(args) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    from lamo_scale import distributed as dist
+    from lamo_scale.config import load_config
+    from lamo_scale.model import build_policy, sharded
+
+    accelerator = dist.make_accelerator("no", 1)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    micro = args.global_batch // world
+    cfg = load_config(None, [f"model.backbone={args.load}", "model.pretrained=true", "model.backbone_dropout=0",
+                             "model.lora.dropout=0", f"model.lora.rank={args.lora_rank}",
+                             f"model.dtype={args.dtype}"]).model
+    rec = {"mode": args.mode, "rank": rank, "world": world, "rss_start_kb": _status_kb("VmRSS"),
+           "hwm_start_kb": _status_kb("VmHWM")}
+    t = time.perf_counter()
+    policy, _ = build_policy(cfg, STATE_DIM, ACT_DIM, -np.ones(ACT_DIM, np.float32), np.ones(ACT_DIM, np.float32),
+                             seed=0, language_loss=False, sharding=dist.sharded_init(accelerator, cfg))
+    rec["build_s"] = time.perf_counter() - t
+    rec["hwm_build_kb"], rec["rss_build_kb"] = _status_kb("VmHWM"), _status_kb("VmRSS")
+    rec["fingerprint"] = policy.frozen_fingerprint()
+    rec["trainable_params"], rec["total_params"] = policy.parameter_counts()
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=1e-5)
+    dist.configure_deepspeed(accelerator, micro, 1, args.grad_clip, policy.hidden_size)
+    t = time.perf_counter()
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    dist.finish_sharded_load(accelerator, policy)
+    rec["prepare_s"] = time.perf_counter() - t
+    rec["hwm_load_kb"], rec["rss_load_kb"] = _status_kb("VmHWM"), _status_kb("VmRSS")
+    rec["bytes_read"] = sharded.BYTES_READ[0]
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    rec["step_s"], rec["losses"] = [], []
+    for step in range(args.steps):
+        batch = make_global_batch(args.global_batch, step)
+        valid = batch["attention_mask"].sum().to(torch.float64) / world if world > 1 else None
+        local = {k: v[rank * micro:(rank + 1) * micro].to(accelerator.device) for k, v in batch.items()}
+        accelerator.wait_for_everyone()
+        t = time.perf_counter()
+        policy.train()
+        with accelerator.accumulate(policy), accelerator.autocast():
+            out = policy(**local, valid_steps=valid)
+            accelerator.backward(out["loss"])
+            if accelerator.sync_gradients and args.grad_clip > 0:
+                accelerator.clip_grad_norm_(trainable, args.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        rec["losses"].append(float(out["loss"].detach()))
+        rec["step_s"].append(time.perf_counter() - t)
+        rec[f"hwm_step{step + 1}_kb"] = _status_kb("VmHWM")
+    t = time.perf_counter()
+    weights = dist.gather_trainable(accelerator, policy)
+    rec["gather_s"] = time.perf_counter() - t
+    rec["gathered_tensors"] = len(weights)
+    rec["hwm_end_kb"], rec["rss_end_kb"] = _status_kb("VmHWM"), _status_kb("VmRSS")
+    rec["wall_s"] = time.perf_counter() - t0
+    Path(args.result_dir, f"load-{args.mode}-r{rank}.json").write_text(json.dumps(rec))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+def load_driver(args) -> None:
+    info = _common.machine_info()
+    print(_common.machine_line(info), flush=True)
+    backbone = Path(args.load)
+    if args.make_backbone and not (backbone / "config.json").is_file():
+        from lamo_scale.model.sharded import write_random_backbone
+
+        t = time.perf_counter()
+        write_random_backbone(backbone, **SHAPES[args.shape], max_shard_size="2GB")
+        print(f"wrote {args.shape} random-init checkpoint to {backbone} in {time.perf_counter() - t:.0f} s", flush=True)
+    from lamo_scale.model.sharded import SafetensorsDir
+
+    reader = SafetensorsDir(backbone)
+    n_params = sum(t.numel for t in reader.tensors.values())
+    file_bytes = sum(t.numel * t.itemsize for t in reader.tensors.values())
+    print(f"checkpoint {backbone}: {n_params / 1e9:.3f} B parameters, {file_bytes / 2**30:.2f} GiB safetensors; "
+          f"model.dtype={args.dtype}; LoRA r{args.lora_rank} on q/k/v; 2 ranks, gloo, {args.threads} thread(s) each; "
+          f"global batch {args.global_batch} × K={K}; {args.steps} step(s)", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lamo_bench_load_") as result_dir:
+        for mode in args.modes.split(","):
+            worker_args = ["--worker", "--load", str(backbone), "--mode", mode, "--global-batch", str(args.global_batch),
+                           "--steps", str(args.steps), "--threads", str(args.threads), "--lora-rank",
+                           str(args.lora_rank), "--grad-clip", str(args.grad_clip), "--dtype", args.dtype,
+                           "--result-dir", result_dir]
+            cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+                   f"ds_configs/{LOAD_YAMLS[mode]}", "--num_processes", "2", str(Path(__file__).resolve()), *worker_args]
+            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+            env.pop("WORLD_SIZE", None)
+            t = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.timeout)
+            wall = time.perf_counter() - t
+            recs = [json.loads(Path(result_dir, f"load-{mode}-r{r}.json").read_text())
+                    for r in range(2) if Path(result_dir, f"load-{mode}-r{r}.json").is_file()]
+            if proc.returncode != 0 or len(recs) != 2:
+                print(f"[{mode}] FAILED after {wall:.0f} s:\n{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}", flush=True)
+                continue
+            row = {"mode": mode, "launch_s": wall, "per_rank": recs}
+            for key in ("hwm_build_kb", "hwm_load_kb", "hwm_step1_kb", "hwm_end_kb", "rss_start_kb", "bytes_read"):
+                row[key] = max(r.get(key, 0) for r in recs)
+            row["build_s"] = max(r["build_s"] for r in recs)
+            row["prepare_s"] = max(r["prepare_s"] for r in recs)
+            row["step1_s"] = max(r["step_s"][0] for r in recs) if args.steps else None
+            row["loss1"] = sum(r["losses"][0] for r in recs) / 2 if args.steps else None
+            row["fingerprint"] = recs[0]["fingerprint"]
+            rows.append(row)
+            print(f"[{mode}] peak RSS/rank: build {row['hwm_build_kb'] / 2**20:.2f} GiB, load (build+prepare) "
+                  f"{row['hwm_load_kb'] / 2**20:.2f} GiB, through step 1 {row.get('hwm_step1_kb', 0) / 2**20:.2f} GiB; "
+                  f"read {row['bytes_read'] / 2**30:.2f} GiB; build {row['build_s']:.0f} s, prepare "
+                  f"{row['prepare_s']:.0f} s, step 1 {row['step1_s'] or 0:.0f} s, loss {row['loss1']}, "
+                  f"fingerprint {row['fingerprint']}, launch-to-exit {wall:.0f} s", flush=True)
+    ddp = next((r for r in rows if r["mode"] == "ddp"), None)
+    print()
+    print("| mode | peak RSS/rank after build (GiB) | after load = build + prepare (GiB) | through step 1 (GiB) "
+          "| × DDP (load) | × DDP (step 1) | RSS at start (GiB) | read/rank (GiB) | build s | prepare s | step 1 s | loss step 1 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        x_load = r["hwm_load_kb"] / ddp["hwm_load_kb"] if ddp else float("nan")
+        x_step = r.get("hwm_step1_kb", 0) / ddp["hwm_step1_kb"] if ddp and ddp.get("hwm_step1_kb") else float("nan")
+        print(f"| {r['mode']} | {r['hwm_build_kb'] / 2**20:.2f} | {r['hwm_load_kb'] / 2**20:.2f} | "
+              f"{r.get('hwm_step1_kb', 0) / 2**20:.2f} | {x_load:.2f} | {x_step:.2f} | {r['rss_start_kb'] / 2**20:.2f} | "
+              f"{r['bytes_read'] / 2**30:.2f} | {r['build_s']:.0f} | {r['prepare_s']:.0f} | {r['step1_s'] or 0:.0f} | "
+              f"{r['loss1']:.6f} |")
+    _common.save_json(args.out, {"machine": info, "args": vars(args), "n_params": n_params, "file_bytes": file_bytes,
+                                 "rows": rows})
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -395,9 +550,21 @@ def main(argv=None) -> None:
                         help="full: keep the tied wte/lm_head trainable although it gets no gradient (DDP fails)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per launch")
     parser.add_argument("--out", help="write the raw numbers as JSON here")
+    parser.add_argument("--load", help="checkpoint-load bench on this local checkpoint dir (see the module doc)")
+    parser.add_argument("--make-backbone", action="store_true", help="--load: write a random-init checkpoint first")
+    parser.add_argument("--shape", default="tinyllama-1b", choices=sorted(SHAPES), help="--make-backbone: its shape")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="--load: model.dtype")
     args = parser.parse_args(argv)
-    if args.worker:
+    if args.load and args.modes == parser.get_default("modes"):
+        args.modes = "ddp,zero3,fsdp"
+    if args.load and args.global_batch == parser.get_default("global_batch"):
+        args.global_batch = 2
+    if args.worker and args.load:
+        load_worker(args)
+    elif args.worker:
         worker(args)
+    elif args.load:
+        load_driver(args)
     else:
         driver(args)
 

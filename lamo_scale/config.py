@@ -68,6 +68,10 @@ class ModelConfig:
     """Recompute backbone activations in backward: less memory, more time."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Storage dtype of the frozen backbone weights (trainable weights stay float32)."""
+    sharded_init: bool = True
+    """Under ZeRO-3 / FSDP2, build the backbone already sharded (zero.Init / meta device) and read
+    each rank's shard from the checkpoint files, so no rank holds the whole model; false = every
+    rank builds it whole first (the old behaviour). Built-in tiny backbones are always built whole."""
     tiny_layers: int = 2
     """Built-in tiny backbones only: number of transformer layers."""
     tiny_width: int = 64

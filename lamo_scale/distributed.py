@@ -134,25 +134,104 @@ def is_sharded(accelerator) -> bool:
     return is_deepspeed(accelerator) or is_fsdp(accelerator)
 
 
+def sharded_init(accelerator, model_cfg):
+    """How to build the backbone so that no rank ever holds all of it, or None (build it whole).
+
+    ZeRO-3: a :class:`~lamo_scale.model.sharded.ShardedInit` carrying a concrete DeepSpeed config
+    (the ``"auto"`` values that ``zero.Init`` reads filled in) and transformers'
+    ``HfDeepSpeedConfig`` for it, kept alive so that ``from_pretrained`` / ``from_config`` see
+    ZeRO-3 too. FSDP2: meta-device construction. ``model.sharded_init=false`` turns it off.
+    """
+    if not getattr(model_cfg, "sharded_init", True):
+        return None
+    from lamo_scale.model.sharded import ShardedInit
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if zero_stage(accelerator) == 3:
+        import copy
+
+        from transformers import AutoConfig
+        from transformers.integrations import HfDeepSpeedConfig
+
+        ds = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+        hidden = 1024
+        if model_cfg.backbone not in ("tiny-gpt2", "tiny-llama"):
+            try:
+                hidden = int(getattr(AutoConfig.from_pretrained(model_cfg.backbone), "hidden_size", hidden))
+            except (OSError, ValueError):
+                pass
+        for key in ("gradient_accumulation_steps", "train_micro_batch_size_per_gpu"):
+            if ds.get(key, "auto") == "auto":
+                ds[key] = 1
+        if ds.get("train_batch_size") == "auto":
+            del ds["train_batch_size"]
+        if ds.get("gradient_clipping") == "auto":
+            ds["gradient_clipping"] = 0.0
+        # zero.Init takes its dtype from these two flags (its explicit ``dtype`` argument is ignored
+        # on hosts without fp16, deepspeed 0.19 partition_parameters._set_dtype): the backbone's
+        # load dtype. This copy only drives construction; the engine keeps accelerate's config.
+        from lamo_scale.model.backbone import load_dtype
+
+        ds["bf16"] = {"enabled": load_dtype(model_cfg) == torch.bfloat16}
+        ds["fp16"] = {"enabled": False}
+        zero = ds.setdefault("zero_optimization", {})
+        for key, value in {"reduce_bucket_size": hidden * hidden,
+                           "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+                           "stage3_param_persistence_threshold": 10 * hidden}.items():
+            if zero.get(key) == "auto":
+                zero[key] = value
+        plan = ShardedInit("zero3", rank, world, ds)
+        plan.keep_alive.append(HfDeepSpeedConfig(ds))  # sets transformers' weakref: is_deepspeed_zero3_enabled()
+        _KEEP_ALIVE[:] = plan.keep_alive
+        return plan
+    if is_fsdp(accelerator):
+        return ShardedInit("fsdp2", rank, world)
+    return None
+
+
+_KEEP_ALIVE: list = []
+"""transformers holds its DeepSpeed config by weakref: keep it for the life of the process."""
+
+
+def finish_sharded_load(accelerator, policy) -> None:
+    """After ``prepare``: FSDP2 meta-built backbones get their local shards allocated and read."""
+    if not is_fsdp(accelerator):
+        return
+    from lamo_scale.model.sharded import materialize_fsdp2
+
+    n = materialize_fsdp2(accelerator.unwrap_model(policy))
+    if n:
+        log.info("rank %d read its FSDP2 shards: %s elements", accelerator.process_index, f"{n:,}")
+
+
 def gather_trainable(accelerator, policy) -> dict[str, torch.Tensor]:
-    """Full copies of every trainable parameter, on every rank (a collective: all ranks call it).
+    """Full copies of every trainable parameter, on rank 0 only (a collective: all ranks call it).
 
     ZeRO-3 keeps only a shard of each parameter per rank and FSDP2 keeps DTensor shards;
-    saving ``param.data`` there would write an empty or partial adapter.
+    saving ``param.data`` there would write an empty or partial adapter. Parameters are
+    gathered one at a time, so no rank ever holds more than one full trainable tensor beyond
+    what it already had; only rank 0 keeps copies (the other ranks return ``{}``). Frozen
+    weights are never gathered.
     """
     unwrapped = accelerator.unwrap_model(policy)
     named = [(n, p) for n, p in unwrapped.named_parameters() if p.requires_grad]
+    keep = accelerator.is_main_process
+    out = {}
     if zero_stage(accelerator) == 3:
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
-            return {n: p.detach().clone().cpu() for n, p in named}
-    out = {}
+        for name, p in named:
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                if keep:
+                    out[name] = p.detach().clone().cpu()
+        return out
     for name, p in named:
         data = p.detach()
         if hasattr(data, "full_tensor"):
-            data = data.full_tensor()
-        out[name] = data.clone().cpu()
+            data = data.full_tensor()  # collective: every rank takes part
+        if keep:
+            out[name] = data.clone().cpu()
+        del data
     return out
 
 

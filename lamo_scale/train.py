@@ -190,14 +190,19 @@ def _train(cfg: Config, preemption: PreemptionFlag) -> TrainResult:
         run_dir = resume.path.parent.parent
     policy, tokenizer = build_policy(cfg.model, index.state_dim, index.act_dim, index.action_low,
                                      index.action_high, seed=cfg.train.seed,
-                                     language_loss=cfg.loss.language_weight > 0)
+                                     language_loss=cfg.loss.language_weight > 0,
+                                     sharding=dist.sharded_init(accelerator, cfg.model))
+    sharded_backbone = getattr(policy.causal_lm, "_lamo_sharded", None) or any(
+        hasattr(p, "ds_id") for p in policy.causal_lm.parameters())
     fingerprint = policy.frozen_fingerprint()
     trainable_n, total_n = policy.parameter_counts()  # before prepare: ZeRO-3 empties the local tensors
     backbone_metrics = {}
     # ``auto`` picks a corpus (and may fetch it) once per run; everything below uses the result.
     text_source = resolve_source(cfg.text.source) if cfg.loss.language_weight > 0 else None
     heldout = cfg.text.heldout_source or text_source
-    if resume is None and heldout and cfg.text.heldout_blocks > 0 and accelerator.is_main_process:
+    if sharded_backbone and heldout and cfg.text.heldout_blocks > 0 and resume is None:
+        log.info("skipping the start-of-run perplexity check: the backbone is sharded across ranks")
+    elif resume is None and heldout and cfg.text.heldout_blocks > 0 and accelerator.is_main_process:
         from lamo_scale.model.perplexity import check_backbone
 
         backbone_metrics = check_backbone(policy.causal_lm, tokenizer, heldout, cfg.model.pretrained,
@@ -219,6 +224,7 @@ def _train(cfg: Config, preemption: PreemptionFlag) -> TrainResult:
     dist.configure_deepspeed(accelerator, micro_batch, cfg.train.grad_accum, cfg.train.grad_clip, policy.hidden_size)
     # The scheduler is stepped by hand: accelerate's wrapper would step it once per process.
     policy, optimizer = accelerator.prepare(policy, optimizer)
+    dist.finish_sharded_load(accelerator, policy)  # FSDP2 meta build: read this rank's shards
     loaders = _Loaders(cfg, index, tokenizer, rank, world, start_step * cfg.train.grad_accum,
                        text_source)
     if resume is not None:

@@ -120,9 +120,24 @@ def fuse_activations(lm: torch.nn.Module) -> int:
     return swapped
 
 
-def load_backbone(cfg: ModelConfig, seed: int = 0):
-    """Return ``(causal_lm, tokenizer)`` for ``cfg.backbone`` (weights random if not pretrained)."""
-    lm, tokenizer = _load(cfg, seed)
+def load_dtype(cfg: ModelConfig) -> torch.dtype:
+    """The dtype a pre-trained backbone is loaded in: its storage dtype when it is frozen (LoRA /
+    frozen), so a bf16 backbone is never materialised in fp32 first; fp32 under full fine-tuning."""
+    return torch.bfloat16 if cfg.dtype == "bfloat16" and cfg.finetune != "full" else torch.float32
+
+
+def load_backbone(cfg: ModelConfig, seed: int = 0, sharding=None):
+    """Return ``(causal_lm, tokenizer)`` for ``cfg.backbone`` (weights random if not pretrained).
+
+    ``sharding`` (a :class:`lamo_scale.model.sharded.ShardedInit`, from
+    ``distributed.sharded_init``) builds the model already partitioned for ZeRO-3 or on the meta
+    device for FSDP2; built-in tiny backbones are always built whole (they are tiny).
+    """
+    lm, tokenizer = None, None
+    if sharding is not None and cfg.backbone not in TINY_BACKBONES:
+        lm, tokenizer = _load_sharded(cfg, seed, sharding)
+    if lm is None:
+        lm, tokenizer = _load(cfg, seed)
     fuse_activations(lm)
     if cfg.backbone_dropout is not None:
         set_dropout(lm, cfg.backbone_dropout)
@@ -146,11 +161,69 @@ def _load(cfg: ModelConfig, seed: int):
         kwargs["attn_implementation"] = cfg.attn_implementation
     try:
         if cfg.pretrained:
-            lm = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs)
+            lm = AutoModelForCausalLM.from_pretrained(name, dtype=load_dtype(cfg), **kwargs)
         else:
             config = AutoConfig.from_pretrained(name, **kwargs)
             lm = AutoModelForCausalLM.from_config(config)
         tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as err:
         raise _load_error(name, err) from err
+    return lm, tokenizer
+
+
+def _resolve_name(cfg: ModelConfig) -> str:
+    name = cfg.backbone
+    if name in KNOWN_BACKBONES:
+        name = str(KNOWN_BACKBONES[name]())
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
+        raise BackboneError(f"backbone directory '{name}' does not exist")
+    return name
+
+
+def _load_sharded(cfg: ModelConfig, seed: int, plan):
+    """ZeRO-3: build inside zero.Init and stream each rank's partitions; FSDP2: build on meta.
+
+    Returns ``(None, None)`` when this backbone cannot take the streaming path (the caller then
+    loads it whole, as before); under ZeRO-3 that whole load is transformers' own ZeRO-3 loader,
+    which still partitions at construction (rank 0 reads the files).
+    """
+    from lamo_scale.model import sharded
+
+    torch.manual_seed(seed)
+    name = _resolve_name(cfg)
+    kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+    try:
+        config = AutoConfig.from_pretrained(name, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise _load_error(name, err) from err
+    dtype = load_dtype(cfg)
+    if plan.strategy == "zero3":
+        if not cfg.pretrained:
+            # transformers' own ZeRO-3 path: zero.Init + per-module gathered random init.
+            return AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs), tokenizer
+        reader = sharded.SafetensorsDir.find(name)
+        try:
+            lm = sharded.build_zero3(config, dtype, plan, reader, kwargs) if reader is not None else None
+        except ValueError as err:
+            log.warning("cannot stream %s into ZeRO-3 partitions (%s): transformers' ZeRO-3 loader instead", name, err)
+            lm = None
+        if lm is None:
+            lm = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)  # HfDeepSpeedConfig is alive
+        log.info("backbone %s built under ZeRO-3 (%s), %s", name, "streamed" if reader else "transformers loader",
+                 dtype)
+        return lm, tokenizer
+    if not cfg.pretrained:
+        log.warning("model.pretrained=false under FSDP2: the random-init backbone is built whole on every rank")
+        return None, None
+    reader = sharded.SafetensorsDir.find(name)
+    if reader is None:
+        log.warning("%s has no local safetensors: every rank loads it whole before fully_shard", name)
+        return None, None
+    try:
+        lm = sharded.build_meta(config, dtype, reader, kwargs)
+    except ValueError as err:
+        log.warning("cannot stream %s into FSDP2 shards (%s): every rank loads it whole", name, err)
+        return None, None
+    log.info("backbone %s built on meta for FSDP2 (%s); shards are read after fully_shard", name, dtype)
     return lm, tokenizer

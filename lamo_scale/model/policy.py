@@ -61,9 +61,22 @@ def make_action_head(kind: str, hidden: int, act_dim: int, bounded: bool) -> nn.
 
 
 def embedding_rms(lm: nn.Module) -> float:
-    """RMS of the backbone's input-embedding table: the scale its first layer was trained on."""
-    weight = lm.get_input_embeddings().weight.detach()
-    return float(weight.float().pow(2).mean().sqrt())
+    """RMS of the backbone's input-embedding table: the scale its first layer was trained on.
+
+    A sharded build (ZeRO-3 partitions, FSDP2 meta) read it from the checkpoint files; a
+    ZeRO-3 random init gathers the table once.
+    """
+    known = getattr(lm, "_lamo_embedding_rms", None)
+    if known is not None:
+        return float(known)
+    weight = lm.get_input_embeddings().weight
+    if hasattr(weight, "ds_id"):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
+            return float(weight.detach().double().pow(2).mean().sqrt())
+    # float64: the same value (to float32 precision) as the chunked sum a sharded build reads from the files
+    return float(weight.detach().double().pow(2).mean().sqrt())
 
 
 def _zero_positions(module, args, output):
@@ -197,16 +210,25 @@ class LaMoPolicy(nn.Module):
         digest = hashlib.sha256()
         for name, p in self.named_parameters():
             if not p.requires_grad:
-                flat = p.detach().reshape(-1)
-                step = max(1, flat.numel() // 4096)
-                digest.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
-                digest.update(flat[::step].float().cpu().numpy().tobytes())
+                sample = getattr(p, "_lamo_sample", None)  # sharded builds: sampled from the files
+                if sample is None and hasattr(p, "ds_id"):
+                    import deepspeed
+
+                    with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                        flat = p.detach().reshape(-1)
+                        sample = flat[::max(1, flat.numel() // 4096)].clone()
+                elif sample is None:
+                    flat = p.detach().reshape(-1)
+                    sample = flat[::max(1, flat.numel() // 4096)]
+                shape = tuple(getattr(p, "_lamo_shape", None) or getattr(p, "ds_shape", None) or p.shape)
+                digest.update(f"{name}:{shape}:{p.dtype}".encode())
+                digest.update(sample.float().cpu().numpy().tobytes())
         return digest.hexdigest()[:16]
 
     def parameter_counts(self) -> tuple[int, int]:
         """(trainable, total) parameter counts."""
-        total = sum(p.numel() for p in self.parameters())
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(getattr(p, "ds_numel", p.numel()) for p in self.parameters())
+        trainable = sum(getattr(p, "ds_numel", p.numel()) for p in self.parameters() if p.requires_grad)
         return trainable, total
 
 
@@ -217,18 +239,19 @@ _BUILD_LOCK = threading.Lock()
 
 
 def build_policy(cfg: ModelConfig, state_dim: int, act_dim: int, action_low=None, action_high=None,
-                 seed: int = 0, language_loss: bool = True):
+                 seed: int = 0, language_loss: bool = True, sharding=None):
     """Load the backbone, apply the fine-tuning mode, add embeddings/heads; returns ``(policy, tokenizer)``.
 
     ``language_loss=False`` (λ = 0) leaves the token embeddings / LM head frozen under full fine-tuning.
     Every weight is a function of ``seed`` alone, also when threads build policies at the same time.
+    ``sharding`` (``distributed.sharded_init``): build the backbone partitioned (ZeRO-3) or on meta (FSDP2).
     """
     with _BUILD_LOCK:
-        return _build_policy(cfg, state_dim, act_dim, action_low, action_high, seed, language_loss)
+        return _build_policy(cfg, state_dim, act_dim, action_low, action_high, seed, language_loss, sharding)
 
 
-def _build_policy(cfg, state_dim, act_dim, action_low, action_high, seed, language_loss):
-    lm, tokenizer = load_backbone(cfg, seed=seed)
+def _build_policy(cfg, state_dim, act_dim, action_low, action_high, seed, language_loss, sharding=None):
+    lm, tokenizer = load_backbone(cfg, seed=seed, sharding=sharding)
     if cfg.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lm = apply_finetune_mode(lm, cfg, language_loss)
