@@ -231,3 +231,17 @@ def test_dt_ablation_is_the_papers_decision_transformer():
     assert backbone and all(p.requires_grad for p in backbone)
     # no text and no positions on RL tokens: wte/wpe would get no gradient (DDP fails on such a parameter)
     assert not policy.transformer.wpe.weight.requires_grad and not policy.transformer.wte.weight.requires_grad
+
+
+@pytest.mark.parametrize("backbone", ["tiny-gpt2", "tiny-llama"])
+def test_a_bf16_stored_backbone_trains_and_acts_under_autocast(backbone):
+    # GPT-2's LayerNorm with bf16 weights refuses fp32 input on CPU ("mixed dtype"): its tokens must
+    # arrive in the backbone's dtype, while RMSNorm backbones take the fp32 residual stream.
+    policy, _, _ = make(f"model.backbone={backbone}", "model.dtype=bfloat16", "model.finetune=lora")
+    assert policy.backbone_dtype == torch.bfloat16
+    assert policy._norms_take_fp32 == (backbone == "tiny-llama")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = policy(**batch())
+        out["loss"].backward()
+        action = policy.act(**batch())
+    assert torch.isfinite(out["loss"]) and action.shape == (3, 2)

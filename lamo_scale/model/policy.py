@@ -15,6 +15,7 @@ The Decision Transformer baseline is the same class with ``embedding=linear``,
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import threading
@@ -150,7 +151,7 @@ class LaMoPolicy(nn.Module):
         tokens = (self.embed_ln(tokens) + time.unsqueeze(2)).reshape(batch, 3 * k, self.hidden_size)
         mask = attention_mask.repeat_interleave(3, dim=1)
         wpe = None if self.cfg.rl_position_embeddings else getattr(self.transformer, "wpe", None)
-        if not torch.is_autocast_enabled(tokens.device.type):
+        if not (torch.is_autocast_enabled(tokens.device.type) and self._norms_take_fp32):
             tokens = tokens.to(self.backbone_dtype)
         # Under autocast the tokens stay fp32, so the residual stream does too (type promotion of
         # the bf16 matmul outputs): with a bf16-stored base and bf16 tokens it is rounded at every
@@ -162,6 +163,14 @@ class LaMoPolicy(nn.Module):
         if self.bounded:
             out = self.action_center + self.action_halfwidth * out
         return out
+
+    @functools.cached_property
+    def _norms_take_fp32(self) -> bool:
+        """Whether fp32 hidden states may enter the backbone: nn.LayerNorm with bf16 weights
+        (GPT-2 stored in bf16) refuses fp32 input on CPU ("mixed dtype"), so such a backbone keeps
+        a residual stream in its own dtype; RMSNorm (Llama family) upcasts internally and takes it."""
+        return not any(isinstance(m, nn.LayerNorm) and m.weight is not None and m.weight.dtype != torch.float32
+                       for m in self.transformer.modules())
 
     @property
     def backbone_dtype(self) -> torch.dtype:
