@@ -148,3 +148,23 @@ def test_rollout_windows_replay_a_dataset_episode_exactly_as_training_segments(r
                 got, want = got[:, :-1], want[:, :-1]
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=lambda m: f"{key} at step {t}: {m}")
         history.record(t, episode.actions[t:t + 1], episode.observations[t + 1:t + 2], episode.rewards[t:t + 1])
+
+
+def test_finished_and_filler_episodes_are_left_out_of_the_forward(reacher_dataset):
+    from lamo_scale.rollout.acting import ActingSpec, run_episodes
+
+    index = load_trajectories(open_dataset(reacher_dataset), rtg_scale=100.0)
+    spec = ActingSpec(env="LaMoReacher2d-v1", state_stats=index.state_stats, rtg_scale=100.0, context_len=3,
+                      max_episode_steps=7)
+    sizes = []
+
+    def act(states, actions, returns_to_go, timesteps, attention_mask):
+        sizes.append(len(states))
+        return torch.tanh(states[:, -1, :2])  # a deterministic function of the window
+
+    # 3 episodes on 2 envs: the second wave has one episode and one filler env
+    results = run_episodes(act, spec, [50.0], episodes=3, num_envs=2, seed=0, progress=False)
+    assert sizes == [2] * 7 + [1] * 7
+    assert results[50.0].lengths == [7, 7, 7]
+    one_at_a_time = run_episodes(act, spec, [50.0], episodes=3, num_envs=1, seed=0, progress=False)
+    assert one_at_a_time[50.0].returns == results[50.0].returns

@@ -142,11 +142,15 @@ def _run_wave(act, envs, spec: ActingSpec, wave, horizon: int, seed: int, device
     alive = np.arange(n) < n_active
     low, high = envs.single_action_space.low, envs.single_action_space.high
     for t in range(horizon):
-        batch = {key: v.to(device) for key, v in history.window(t).items()}
+        # Only the episodes still running go through the policy (finished ones and a short
+        # wave's filler envs are stepped with zero actions whose rewards are masked below).
+        live = np.flatnonzero(alive)
+        batch = {key: v[live].to(device) for key, v in history.window(t).items()}
         with torch.inference_mode(), torch.autocast(device_type=torch.device(device).type,
                                                     dtype=autocast_dtype or torch.bfloat16,
                                                     enabled=autocast_dtype is not None):
-            action = act(**batch).float().cpu().numpy()
+            action = np.zeros((n, act_dim), np.float32)
+            action[live] = act(**batch).float().cpu().numpy().reshape(len(live), act_dim)
         action = np.clip(action, low, high)
         obs, reward, terminated, truncated, _ = envs.step(action)
         reward = np.where(alive, reward, 0.0)
