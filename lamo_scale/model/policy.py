@@ -28,6 +28,7 @@ from lamo_scale.config import ModelConfig
 from lamo_scale.model.adapters import apply_finetune_mode
 from lamo_scale.model.backbone import load_backbone
 from lamo_scale.model.lm_loss import language_model_loss
+from lamo_scale.model.sharded import fingerprint_step
 
 log = logging.getLogger(__name__)
 
@@ -220,15 +221,15 @@ class LaMoPolicy(nn.Module):
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 sample = getattr(p, "_lamo_sample", None)  # sharded builds: sampled from the files
-                if sample is None and hasattr(p, "ds_id"):
-                    import deepspeed
+                if sample is None:
+                    gathered = contextlib.nullcontext()
+                    if hasattr(p, "ds_id"):
+                        import deepspeed
 
-                    with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                        gathered = deepspeed.zero.GatheredParameters([p], modifier_rank=None)
+                    with gathered:
                         flat = p.detach().reshape(-1)
-                        sample = flat[::max(1, flat.numel() // 4096)].clone()
-                elif sample is None:
-                    flat = p.detach().reshape(-1)
-                    sample = flat[::max(1, flat.numel() // 4096)]
+                        sample = flat[::fingerprint_step(flat.numel())].clone()
                 shape = tuple(getattr(p, "_lamo_shape", None) or getattr(p, "ds_shape", None) or p.shape)
                 digest.update(f"{name}:{shape}:{p.dtype}".encode())
                 digest.update(sample.float().cpu().numpy().tobytes())

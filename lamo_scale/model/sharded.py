@@ -48,6 +48,11 @@ BYTES_READ = [0]
 """Bytes this process has read from checkpoint files for its shards (tests / bench check it)."""
 
 FINGERPRINT_SAMPLES = 4096
+
+
+def fingerprint_step(numel: int) -> int:
+    """Stride of the frozen fingerprint's sample ``flat[::step]``: up to FINGERPRINT_SAMPLES elements."""
+    return max(1, numel // FINGERPRINT_SAMPLES)
 """Elements per frozen tensor that ``LaMoPolicy.frozen_fingerprint`` hashes (must match it)."""
 
 
@@ -174,7 +179,7 @@ class SafetensorsDir:
     def sample(self, key: str, dtype: torch.dtype) -> torch.Tensor:
         """``flat[::step]`` (the frozen fingerprint's sample) in ``dtype``, touching only those elements' pages."""
         info = self.tensors[key]
-        step = max(1, info.numel // FINGERPRINT_SAMPLES)
+        step = fingerprint_step(info.numel)
         mm = np.memmap(info.file, dtype=_NP_CARRIER[info.itemsize], mode="r", offset=info.begin, shape=(info.numel,))
         try:
             picked = np.array(mm[::step])
