@@ -6,6 +6,7 @@ Metrics go to the training run at the checkpoint's step:
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,13 @@ def load_policy(checkpoint: ckpt.Checkpoint, device: str = "cpu", bf16: Optional
 
     ``bf16`` is the acting precision (``None``: as trained); it decides whether LoRA is merged.
     """
+    policy, cfg = _build_unloaded(checkpoint)
+    ckpt.load_trainable(policy, checkpoint.weights(), checkpoint.path)
+    return prepare_for_acting(policy, acts_in_bf16(cfg, bf16)).to(device), cfg
+
+
+def _build_unloaded(checkpoint: ckpt.Checkpoint):
+    """The checkpoint's policy with its frozen backbone verified, trainable weights not yet loaded."""
     meta = checkpoint.meta
     cfg = from_dict(meta["config"])
     policy, _ = build_policy(cfg.model, meta["state_dim"], meta["act_dim"],
@@ -62,8 +70,77 @@ def load_policy(checkpoint: ckpt.Checkpoint, device: str = "cpu", bf16: Optional
     if policy.frozen_fingerprint() != meta["frozen_fingerprint"]:
         raise ckpt.CheckpointError(f"{checkpoint.path}: the backbone loaded now differs from the one it was "
                                    "trained on (frozen-weight fingerprint mismatch)")
-    ckpt.load_trainable(policy, checkpoint.weights(), checkpoint.path)
-    return prepare_for_acting(policy, acts_in_bf16(cfg, bf16)).to(device), cfg
+    return policy, cfg
+
+
+class PolicyCache:
+    """One frozen backbone per process, reused for every checkpoint trained on it.
+
+    A rollout worker evaluates many checkpoints of the same run (and runs of one sweep share
+    backbones): rebuilding the policy for each (loading the LM, hashing its frozen weights)
+    costs more than acting at quickstart size. Checkpoints with the same build key (model
+    config, dims, seed where the frozen weights are a random init, frozen-weight fingerprint,
+    device and acting precision) only swap their trainable tensors (adapters, embeddings,
+    heads) into the cached policy. Exact: where LoRA was merged for fp32 acting, the base
+    weights are restored bit for bit from a copy before the next checkpoint's adapters go in,
+    so a swapped policy acts as a freshly built one (tests/test_rollout_cache.py).
+    """
+
+    def __init__(self) -> None:
+        """An empty cache (holds one policy)."""
+        self._key: Optional[str] = None
+        self._policy = None
+        self._cfg = None
+        self._merged_bases: dict[str, torch.Tensor] = {}
+        self.builds = 0
+        self.swaps = 0
+
+    @staticmethod
+    def build_key(checkpoint: ckpt.Checkpoint, device: str, bf16: bool) -> str:
+        """What must match for two checkpoints to share one built policy."""
+        meta = checkpoint.meta
+        model = meta["config"]["model"]
+        seed = None if model.get("pretrained") else meta["config"]["train"]["seed"]
+        parts = [model, meta["state_dim"], meta["act_dim"], meta["action_low"], meta["action_high"],
+                 meta["config"]["loss"]["language_weight"] > 0, seed, meta["frozen_fingerprint"], device, bf16]
+        return json.dumps(parts, sort_keys=True, default=str)
+
+    def load(self, checkpoint: ckpt.Checkpoint, device: str = "cpu", bf16: Optional[bool] = None):
+        """``(policy, cfg)`` ready to act with ``checkpoint``'s weights (see :func:`load_policy`)."""
+        cfg = from_dict(checkpoint.meta["config"])
+        acting_bf16 = acts_in_bf16(cfg, bf16)
+        key = self.build_key(checkpoint, device, acting_bf16)
+        if key != self._key:
+            self._policy, self._key, self._merged_bases = None, None, {}
+            policy, _ = _build_unloaded(checkpoint)
+            ckpt.load_trainable(policy, checkpoint.weights(), checkpoint.path)
+            self._merged_bases = _lora_base_copies(policy) if _will_merge(policy, acting_bf16) else {}
+            self._policy, self._key = prepare_for_acting(policy, acting_bf16).to(device), key
+            self.builds += 1
+            return self._policy, cfg
+        policy = self._policy
+        if self._merged_bases:
+            policy.lm.unmerge_adapter()
+            params = dict(policy.named_parameters())
+            with torch.no_grad():
+                for name, base in self._merged_bases.items():
+                    params[name].copy_(base)
+        ckpt.load_trainable(policy, checkpoint.weights(), checkpoint.path)
+        prepare_for_acting(policy, acting_bf16)
+        self.swaps += 1
+        return policy, cfg
+
+
+def _will_merge(policy, bf16: bool) -> bool:
+    return hasattr(policy.lm, "merge_adapter") and not bf16 and policy.backbone_dtype == torch.float32
+
+
+def _lora_base_copies(policy) -> dict[str, torch.Tensor]:
+    """Copies of the frozen base weights LoRA merges into (restored before the next swap)."""
+    from peft.tuners.lora import LoraLayer
+
+    names = {id(m.get_base_layer().weight) for m in policy.modules() if isinstance(m, LoraLayer)}
+    return {name: p.detach().clone() for name, p in policy.named_parameters() if id(p) in names}
 
 
 def acts_in_bf16(cfg, requested: Optional[bool] = None) -> bool:
@@ -80,21 +157,22 @@ def prepare_for_acting(policy, bf16: bool):
     weights is rounded away: measured up to 0.17 action change vs fp32, against 0.06 unmerged
     (tests/test_precision.py). So under bf16 the adapters stay separate.
     """
-    if hasattr(policy.lm, "merge_adapter") and not bf16 and policy.backbone_dtype == torch.float32:
+    if _will_merge(policy, bf16):
         policy.lm.merge_adapter()
     return policy.eval()
 
 
-def load_actor(checkpoint: ckpt.Checkpoint, device: str = "cpu",
-               bf16: Optional[bool] = None) -> tuple[Callable[..., torch.Tensor], EvalConfig, bool]:
+def load_actor(checkpoint: ckpt.Checkpoint, device: str = "cpu", bf16: Optional[bool] = None,
+               cache: Optional[PolicyCache] = None) -> tuple[Callable[..., torch.Tensor], EvalConfig, bool]:
     """What the acting loop needs from a checkpoint: its act callable, its ``eval`` settings and
     whether it acts under bf16 (``bf16=None``: as it trained). A LaMo policy, or (``meta["kind"] == "baseline"``) a d3rlpy
-    baseline adapted to the same window interface by :mod:`lamo_scale.baselines.policy`."""
+    baseline adapted to the same window interface by :mod:`lamo_scale.baselines.policy`.
+    With a :class:`PolicyCache`, a LaMo policy on an already-built backbone only swaps weights."""
     if checkpoint.meta.get("kind") == "baseline":
         from lamo_scale.baselines.policy import load_baseline
 
         return load_baseline(checkpoint, device)
-    policy, cfg = load_policy(checkpoint, device, bf16)
+    policy, cfg = cache.load(checkpoint, device, bf16) if cache is not None else load_policy(checkpoint, device, bf16)
     return policy.act, cfg.eval, acts_in_bf16(cfg, bf16)
 
 
@@ -128,13 +206,14 @@ def evaluate_checkpoint(ref: str | Path | ckpt.Checkpoint, episodes: Optional[in
                         num_envs: Optional[int] = None, target_returns: Optional[list[float]] = None,
                         seed: Optional[int] = None, device: str = "cpu", log_to_mlflow: bool = True,
                         tracking_uri: Optional[str] = None, progress: bool = True,
-                        bf16: Optional[bool] = None) -> EvalReport:
+                        bf16: Optional[bool] = None, cache: Optional[PolicyCache] = None) -> EvalReport:
     """Roll a checkpoint out (defaults from its config's ``eval`` section) and log to its run.
 
     ``bf16=None`` acts in the precision the policy was trained in (bf16 autocast if it was).
+    ``cache``: reuse the backbone built for an earlier checkpoint (see :class:`PolicyCache`).
     """
     checkpoint = ref if isinstance(ref, ckpt.Checkpoint) else ckpt.resolve_checkpoint(ref)
-    act, eval_cfg, bf16 = load_actor(checkpoint, device, bf16)
+    act, eval_cfg, bf16 = load_actor(checkpoint, device, bf16, cache)
     meta = checkpoint.meta
     targets = target_returns or meta.get("target_returns") or eval_cfg.target_returns
     spec = acting_spec(meta, eval_cfg.max_episode_steps)

@@ -63,13 +63,17 @@ class WorkerStats:
     rounds: int = 0
 
 
-def evaluate_job(checkpoint, target: float, opts: WorkerOptions) -> dict[str, float]:
-    """Roll ``checkpoint`` out at one target return; its ``eval/<target>/*`` metrics (nothing logged)."""
+def evaluate_job(checkpoint, target: float, opts: WorkerOptions, cache=None) -> dict[str, float]:
+    """Roll ``checkpoint`` out at one target return; its ``eval/<target>/*`` metrics (nothing logged).
+
+    ``cache`` (a :class:`~lamo_scale.rollout.evaluate.PolicyCache`): the worker's one built
+    backbone, reused across checkpoints and targets.
+    """
     from lamo_scale.rollout.evaluate import eval_metrics, evaluate_checkpoint
 
     report = evaluate_checkpoint(checkpoint, episodes=opts.episodes, num_envs=opts.num_envs,
                                  target_returns=[target], seed=opts.seed, device=opts.device,
-                                 log_to_mlflow=False, progress=False)
+                                 log_to_mlflow=False, progress=False, cache=cache)
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     if delay > 0:
         time.sleep(delay)
@@ -92,7 +96,8 @@ def _claim(client, run: jobs_mod.RunJobs, step: int, target: str, owner: int, op
     return JobClaim(client, run.run_id, step, target, owner, opts.lease_s, opts.settle_s)
 
 
-def do_job(client, run: jobs_mod.RunJobs, step: int, target: str, owner: int, opts: WorkerOptions) -> bool:
+def do_job(client, run: jobs_mod.RunJobs, step: int, target: str, owner: int, opts: WorkerOptions,
+           cache=None) -> bool:
     """Claim, evaluate and commit one job; False if it was taken, not ready, or the lease was lost."""
     claim = _claim(client, run, step, target, owner, opts)
     if not claim.available():
@@ -104,7 +109,7 @@ def do_job(client, run: jobs_mod.RunJobs, step: int, target: str, owner: int, op
         return False
     log.info("worker %x: evaluating run %s step %d target %s", owner, run.run_name, step, target)
     with Heartbeat(claim):
-        metrics = evaluate_job(checkpoint, run.targets[target], opts)
+        metrics = evaluate_job(checkpoint, run.targets[target], opts, cache)
     return claim.commit(metrics)
 
 
@@ -133,12 +138,15 @@ def run_worker(opts: WorkerOptions) -> WorkerStats:
         import torch
 
         torch.set_num_threads(opts.threads)
+    from lamo_scale.rollout.evaluate import PolicyCache
+
     client = mlflow.MlflowClient(tracking_uri=opts.tracking_uri)
     stats = WorkerStats(owner=new_owner_id())
+    cache = PolicyCache()  # the backbone is loaded once per worker process
     while True:
         stats.rounds += 1
         try:
-            if _round(client, stats, opts):
+            if _round(client, stats, opts, cache):
                 continue  # summaries may have become available; look again at once
             if not opts.watch:
                 return stats
@@ -153,7 +161,7 @@ def run_worker(opts: WorkerOptions) -> WorkerStats:
         time.sleep(opts.poll_s)
 
 
-def _round(client, stats: WorkerStats, opts: WorkerOptions) -> bool:
+def _round(client, stats: WorkerStats, opts: WorkerOptions, cache=None) -> bool:
     """One pass over every run's open jobs; True if this worker committed any."""
     progressed = False
     for mlrun in jobs_mod.list_runs(client, opts.experiment, opts.run_id):
@@ -161,7 +169,7 @@ def _round(client, stats: WorkerStats, opts: WorkerOptions) -> bool:
         touched = False
         for step, target in run.pending():
             try:
-                if do_job(client, run, step, target, stats.owner, opts):
+                if do_job(client, run, step, target, stats.owner, opts, cache):
                     stats.evaluated.append((run.run_id, step, target))
                     touched = progressed = True
             except Exception as err:  # server hiccup, bad checkpoint: retried next round
