@@ -24,6 +24,8 @@ log = logging.getLogger("lamo_scale")
 def _table(rows: list[dict], columns: list[str]) -> str:
     """A plain fixed-width text table."""
     def fmt(v):
+        if isinstance(v, dict):
+            return " ".join(f"{k}={fmt(x)}" for k, x in v.items()) or "-"
         return f"{v:.2f}" if isinstance(v, float) else str(v)
 
     cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]

@@ -52,6 +52,14 @@ class ModelConfig:
     """Action prediction head read at the state token."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA settings."""
+    state_encoder: Literal["auto", "mlp", "cnn"] = "auto"
+    """State token encoder: mlp|linear embedding of vectors, or the Nature-DQN CNN (32/64/64 channels,
+    kernels 8/4/3, strides 4/2/1) for uint8 frames; auto = from the dataset's observation space."""
+    actions: Literal["auto", "continuous", "discrete"] = "auto"
+    """continuous: regressed with MSE; discrete: one-hot action tokens, logits, cross-entropy, arg-max
+    acting (the official Atari code); auto = from the dataset's action space."""
+    observation_shape: Optional[list[int]] = None
+    """Frame shape the cnn encoder reads (C,H,W / H,W,C / H,W); null = from the dataset (recorded in checkpoints)."""
     max_timestep: int = 1024
     """Size of the timestep-embedding table; longer episodes are clamped to the last entry."""
     input_scale: Optional[float] = None
@@ -264,6 +272,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
+        if isinstance(value, bool) and value not in choices:
+            # YAML 1.1 reads no/off/yes/on as booleans: `train.mixed_precision=no` arrives as False
+            spelled = [c for c in choices if isinstance(c, str) and _parse_scalar(c) is value]
+            if len(spelled) == 1:
+                return spelled[0]
         if value not in choices:
             raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, choices))}")
         return value
@@ -371,6 +384,9 @@ def _validate(cfg: Config) -> None:
     need(cfg.model.max_timestep >= 1, "model.max_timestep must be >= 1")
     need(cfg.eval.episodes >= 1 and cfg.eval.num_envs >= 1, "eval.episodes and eval.num_envs must be >= 1")
     need(len(cfg.eval.target_returns) >= 1, "eval.target_returns needs at least one value")
+    need(cfg.model.state_encoder != "cnn" or cfg.model.observation_shape is None
+         or len(cfg.model.observation_shape) in (2, 3),
+         f"model.observation_shape must be a frame shape (H,W / C,H,W / H,W,C), got {cfg.model.observation_shape}")
     if cfg.model.finetune == "frozen" and not cfg.model.pretrained:
         raise ConfigError(
             "model.finetune=frozen with model.pretrained=false would train on a frozen random "

@@ -4,8 +4,9 @@
     accelerate launch -m lamo_scale.train --config lamo_scale/recipes/quickstart.yaml model.lora.rank=8
 
 Each step draws a micro-batch of trajectory segments (and, when ``loss.language_weight``
-> 0, a micro-batch of text blocks) per rank, computes action MSE + λ·LM loss in one forward
-call, and steps AdamW with linear warm-up and gradient clipping. Checkpoints (adapters,
+> 0, a micro-batch of text blocks) per rank, computes the action loss (MSE; cross-entropy for
+discrete actions) + λ·LM loss in one forward call, and steps AdamW with linear warm-up and
+gradient clipping. Checkpoints (adapters,
 embeddings, heads, optimizer, RNG, stream positions) are written atomically and logged to
 the MLflow run; ``train.resume`` continues exactly where a checkpoint left off. The loop
 never steps an environment: evaluation is ``lamo-scale evaluate`` / rollout workers.
@@ -13,6 +14,7 @@ never steps an environment: evaluation is ``lamo-scale evaluate`` / rollout work
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -31,6 +33,7 @@ from lamo_scale import distributed as dist
 from lamo_scale.preemption import Preempted, PreemptionFlag
 from lamo_scale.config import Config, ConfigError, dump_yaml, flatten, load_config, to_dict
 from lamo_scale.data.segments import SegmentStream
+from lamo_scale.data.spaces import resolve_model_io
 from lamo_scale.data.text import TextBlockStream, corpus_fingerprint, resolve_source, text_micro_batch
 from lamo_scale.data.trajectories import TrajectoryIndex, load_trajectories, open_dataset
 from lamo_scale.envs.scores import find_reference
@@ -181,6 +184,10 @@ def _train(cfg: Config, preemption: PreemptionFlag) -> TrainResult:
         broadcast_object_list(names, from_process=0)  # run names hold a timestamp: rank 0's wins
     experiment, run_name, run_dir = names[0]
     dataset = open_dataset(cfg.data.dataset, cfg.data.download)
+    # The state encoder / action kind the data needs, fixed in the config (so in every checkpoint);
+    # a space the policy cannot encode is refused here, before any data is read or model built.
+    cfg = dataclasses.replace(cfg, model=resolve_model_io(cfg.model, dataset.observation_space,
+                                                          dataset.action_space, dataset.id))
     index = load_trajectories(dataset, cfg.data.rtg_scale, cfg.data.data_ratio, cfg.data.ratio_seed,
                               cfg.data.normalize_states)
     meta = dataset_meta(dataset, index, cfg)

@@ -21,6 +21,13 @@ def test_recipe_and_dotted_overrides():
     assert cfg.data.context_len == 5  # from the recipe file
 
 
+def test_yaml_boolean_spellings_of_choices_are_read_as_the_choice():
+    # YAML 1.1 reads `no` as False: `train.mixed_precision=no` is what a user types
+    assert load_config("quickstart", ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="mixed_precision: True is not one of"):
+        load_config("quickstart", ["train.mixed_precision=yes"])
+
+
 def test_unknown_key_names_valid_keys_and_suggests():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["train.stpes=5"])

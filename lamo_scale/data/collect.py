@@ -30,6 +30,7 @@ Kitchen is not collected: its data is Minari's ``D4RL/kitchen/complete-v2``,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import logging
@@ -52,6 +53,7 @@ from minari.namespace import create_namespace, list_local_namespaces
 from minari.storage.datasets_root_dir import get_dataset_path
 from tqdm.auto import tqdm
 
+from lamo_scale.data.spaces import is_image_space
 from lamo_scale.envs import ensure_robotics_registered, make_env, make_vector_env
 from lamo_scale.envs.scores import ReferenceLookup, find_reference, normalized_score, reference_scores
 
@@ -113,12 +115,12 @@ def rollout_episodes(
     dict of ``[T + 1, ...]`` arrays.
 
     ``action_noise`` adds seeded N(0, action_noise²) noise to every action before clipping
-    to the action bounds; the executed (noisy, clipped) action is what gets recorded.
+    to the action bounds; for a discrete action space it is ε: the probability that an action
+    is replaced by a uniformly random one. The executed action is what gets recorded.
     """
     envs = make_vector_env(env_id, num_envs, seed=None)
     obs_space, act_space = envs.single_observation_space, envs.single_action_space
-    low, high = act_space.low, act_space.high
-    rng = np.random.default_rng(seed)
+    perturb = _action_perturbation(act_space, action_noise, np.random.default_rng(seed))
     obs, _ = envs.reset(seed=seed)
 
     def new_episode(first_obs):
@@ -133,10 +135,7 @@ def rollout_episodes(
     start = time.perf_counter()
     try:
         while active.any():
-            action = np.asarray(policy(obs), dtype=act_space.dtype).reshape(num_envs, *act_space.shape)
-            if action_noise > 0.0:
-                action = action + rng.normal(0.0, action_noise, size=action.shape).astype(action.dtype)
-            action = np.clip(action, low, high)
+            action = perturb(np.asarray(policy(obs), dtype=act_space.dtype).reshape(num_envs, *act_space.shape))
             next_obs, reward, terminated, truncated, _ = envs.step(action)
             for i in range(num_envs):
                 if not active[i]:
@@ -180,6 +179,24 @@ def rollout_episodes(
     return episodes, obs_space, act_space
 
 
+def _action_perturbation(space: gym.spaces.Space, noise: float, rng: np.random.Generator):
+    """The executed action from the policy's: Gaussian noise then clipping (Box), ε-random (Discrete)."""
+    if isinstance(space, gym.spaces.Discrete):
+        def epsilon_random(action: np.ndarray) -> np.ndarray:
+            if noise <= 0.0:
+                return action
+            draw = rng.random(action.shape) < noise
+            random = space.start + rng.integers(0, space.n, size=action.shape)
+            return np.where(draw, random, action).astype(action.dtype)
+        return epsilon_random
+
+    def gaussian(action: np.ndarray) -> np.ndarray:
+        if noise > 0.0:
+            action = action + rng.normal(0.0, noise, size=action.shape).astype(action.dtype)
+        return np.clip(action, space.low, space.high)
+    return gaussian
+
+
 def _env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
     ensure_robotics_registered(env_id)
     return gym.spec(env_id)
@@ -204,7 +221,8 @@ def _write_dataset(
             tmp / "data", observation_space=obs_space, action_space=act_space, env_spec=_env_spec(env_id)
         )
         storage.update_metadata(metadata)
-        storage.update_episodes(episodes)
+        with _compressed_frames(obs_space):
+            storage.update_episodes(episodes)
         namespace = parse_dataset_id(dataset_id)[0]
         if namespace is not None and namespace not in list_local_namespaces():
             create_namespace(namespace)
@@ -221,6 +239,35 @@ def _write_dataset(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return minari.load_dataset(dataset_id)
+
+
+@contextlib.contextmanager
+def _compressed_frames(obs_space: gym.spaces.Space):
+    """Within the block, Minari's HDF5 writer stores uint8 frame arrays gzip-compressed.
+
+    Minari (0.5) JPEG-encodes (lossy) frames it recognises as images (H, W >= 32, at most 3 channels
+    last) and writes every other array uncompressed: 4 stacked 84x84 frames are the latter, so a
+    100k-step dataset would take 2.8 GB. Chunks of 16 whole steps let gzip's 32 KB window see the
+    previous step's copy of 3 of the 4 frames; h5py decompresses transparently on read, so the
+    files stay standard Minari datasets.
+    """
+    if not is_image_space(obs_space):
+        yield
+        return
+    import h5py
+
+    original = h5py.Group.create_dataset
+
+    def create_dataset(self, name, shape=None, dtype=None, data=None, **kwargs):
+        if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim >= 3:  # [T + 1, *frame]
+            kwargs.update(chunks=(min(16, len(data)), *data.shape[1:]), compression="gzip", compression_opts=4)
+        return original(self, name, shape=shape, dtype=dtype, data=data, **kwargs)
+
+    h5py.Group.create_dataset = create_dataset
+    try:
+        yield
+    finally:
+        h5py.Group.create_dataset = original
 
 
 def _returns(episodes: list[EpisodeBuffer]) -> np.ndarray:
@@ -421,7 +468,8 @@ def dataset_report(dataset_ids: list[str] | None = None) -> list[dict[str, Any]]
     ``score`` is the D4RL-normalised mean episode return of the data (``score_min`` /
     ``score_max``: of its worst / best episode), with the dataset's ``ref_min_score`` /
     ``ref_max_score`` (else :func:`find_reference` of its env spec); ``behaviour`` is the
-    behaviour policy recorded in its provenance (``mix:a+b`` for mixtures). Without reference
+    behaviour policy recorded in its provenance (``mix:a+b`` for mixtures), ``parts`` the score of
+    each mixture part by label (raw mean return where there are no reference scores). Without reference
     scores the scores are None and ``note`` says why (the returns are raw); else ``note`` is "".
     """
     rows = []
@@ -446,6 +494,8 @@ def dataset_report(dataset_ids: list[str] | None = None) -> list[dict[str, Any]]
         has_ref = ref_min is not None and ref_max is not None
         prov = meta.get("lamo_provenance") or {}
         floor = _noise_floor(episodes)
+        parts = {c["label"]: (normalized_score(c["return_mean"], ref_min, ref_max) if has_ref else c["return_mean"])
+                 for c in (prov.get("mixture") or [])} if isinstance(prov, dict) else {}
         rows.append(
             {
                 "id": dataset_id,
@@ -460,6 +510,7 @@ def dataset_report(dataset_ids: list[str] | None = None) -> list[dict[str, Any]]
                 "score_max": normalized_score(hi, ref_min, ref_max) if has_ref else None,
                 "learnable": floor["learnable_fraction"] if floor else None,
                 "behaviour": prov.get("policy") if isinstance(prov, dict) else None,
+                "parts": parts,
                 "note": note,
             }
         )
@@ -474,6 +525,8 @@ def _noise_floor(episodes: list) -> Optional[dict[str, float]]:
     for episode in episodes:
         if isinstance(episode.observations, dict) or len(episode.actions) == 0:
             return None
+        if np.asarray(episode.observations).ndim > 2 or np.asarray(episode.actions).ndim < 2:
+            return None  # image observations or discrete actions: a linear-Gaussian floor means nothing
         states.append(np.asarray(episode.observations)[: len(episode.actions)])
         actions.append(np.asarray(episode.actions))
     if not states or sum(len(a) for a in actions) <= 10:
@@ -493,6 +546,7 @@ def _noise_floor(episodes: list) -> Optional[dict[str, float]]:
 # | pointmaze-umaze / -medium       | lamo/pointmaze/{umaze,medium}-v0      | BFS waypoint + PD controller, N(0, 0.5²)    |
 # | reacher2d-expert                | lamo/reacher2d/expert-v1              | IK + PD controller                          |
 # | reacher2d-medium                | lamo/reacher2d/medium-v1              | mid-training PPO, sampled actions (paper)   |
+# | breakout-tracker-mixed          | lamo/breakout/tracker-mixed-v0        | pixel ball tracker, ε 0.05/0.25/0.5/1 mixed |
 #
 # <env> is hopper, halfcheetah, walker2d (gymnasium v5 MuJoCo). Kitchen is not collected
 # here, see KITCHEN_DATASETS.
@@ -668,6 +722,22 @@ COLLECT_RECIPES["pointmaze-medium"] = _R(
     "action noise; dict observations. D4RL-like, not the canonical maze2d file.", action_noise=0.5)
 
 
+# Breakout: no pre-trained Atari agent is available offline, so the data is a scripted pixel
+# ball tracker (lamo_scale/data/atari_controllers.py) with ε-random actions at four noise levels,
+# a DQN-replay-like spread from near-random to near-human play. NOT the DQN-replay data the paper
+# used. Scores per level are in the dataset's provenance (``mixture``) and `lamo-scale datasets`.
+COLLECT_RECIPES["breakout-tracker-mixed"] = _mix(
+    "lamo/breakout/tracker-mixed-v0", "LaMoBreakout-v0", 100_000,
+    "LaMoBreakout-v0 (84x84 grey, 4 stacked, sticky actions): a scripted pixel ball tracker mixed with "
+    "epsilon-random actions, epsilon 0.05 / 0.25 / 0.5 / 1.0 (30/30/30/10 % of the steps). "
+    "Scripted behaviour, not DQN-replay.",
+    [MixComponent("breakout-tracker", 0.3, 0.05, label="tracker-eps0.05"),
+     MixComponent("breakout-tracker", 0.3, 0.25, label="tracker-eps0.25"),
+     MixComponent("breakout-tracker", 0.3, 0.5, label="tracker-eps0.5"),
+     MixComponent("breakout-tracker", 0.1, 1.0, label="random")],
+)
+
+
 def default_zoo_dir() -> Path:
     """SB3 zoo policies: ``$LAMO_SB3_ZOO``, else ``shared/policies/sb3-zoo`` in or beside the repo."""
     if os.environ.get("LAMO_SB3_ZOO"):
@@ -691,6 +761,10 @@ def build_policy(
         from lamo_scale.data.gaussian_policy import packaged_policy
 
         return packaged_policy(spec[len("packaged:"):], deterministic=deterministic, seed=seed)
+    if spec == "breakout-tracker":
+        from lamo_scale.data.atari_controllers import BreakoutBallTracker
+
+        return BreakoutBallTracker()
     if spec == "pointmaze-waypoint":
         from lamo_scale.data.controllers import PointMazeWaypointController
 

@@ -38,11 +38,18 @@ def window_tensors(states: np.ndarray, actions: np.ndarray, rtg: np.ndarray, tim
 
     Padding positions are zeroed in every field (states, actions, return-to-go, timestep) and
     masked out. The one place a window becomes tensors: training segments and rollout use it.
+    States are ``[B, K, D]`` vectors (float32) or ``[B, K, *frame]`` uint8 frames, which stay uint8
+    (a float copy of a batch of Atari windows is 4x larger; the CNN scales them itself).
     """
     mask = valid.astype(np.int64)
     fmask = valid[..., None].astype(np.float32)
+    if states.dtype == np.uint8:
+        frames_valid = valid.reshape(valid.shape + (1,) * (states.ndim - valid.ndim))
+        state_tensor = torch.from_numpy(np.where(frames_valid, states, np.uint8(0)))
+    else:
+        state_tensor = torch.from_numpy((states * fmask).astype(np.float32))
     return {
-        "states": torch.from_numpy((states * fmask).astype(np.float32)),
+        "states": state_tensor,
         "actions": torch.from_numpy((actions * fmask).astype(np.float32)),
         "returns_to_go": torch.from_numpy((rtg * valid)[..., None].astype(np.float32)),
         "timesteps": torch.from_numpy(np.ascontiguousarray(timesteps * mask)),

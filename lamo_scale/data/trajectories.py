@@ -8,6 +8,14 @@ Dict observations (goal-conditioned and kitchen datasets) are flattened the way
 ``gymnasium.spaces.flatten`` does it for the dataset's observation space: sub-spaces in
 the space's key order (gymnasium sorts plain-dict keys), recursively, each raveled to 1-D.
 Evaluation wraps the env in ``FlattenObservation``, which uses the same order.
+
+Image observations (uint8 frames: Atari's 4 stacked 84x84 grey frames, Minari's 210x160x3
+RGB ``atari/*`` data) are kept as they are stored, ``[N, *frame_shape]`` uint8 with identity
+("raw") statistics: the CNN state encoder scales them to [0, 1] itself, and a float copy of a
+100k-step Atari dataset would take 11 GB. Discrete actions are stored one-hot ``[N, n]``
+(float32), so the action token, the window builder and the acting history are the same for
+both kinds of action space; :func:`lamo_scale.data.spaces.resolve_model_io` decides what a
+dataset's spaces need from the policy and refuses what it cannot encode.
 """
 from __future__ import annotations
 
@@ -22,6 +30,8 @@ from typing import Optional
 
 import numpy as np
 
+from lamo_scale.data.spaces import check_spaces, is_image_space
+
 log = logging.getLogger(__name__)
 
 
@@ -31,27 +41,40 @@ class DatasetNotFoundError(FileNotFoundError):
 
 @dataclass
 class StateStats:
-    """Per-dimension state mean and std used to normalise policy inputs."""
+    """Per-dimension state mean and std used to normalise policy inputs (``raw``: images, passed as stored)."""
 
     mean: np.ndarray
     std: np.ndarray
+    raw: bool = False
+    """The states reach the model as stored (uint8 frames); mean and std are unused."""
 
     def normalize(self, states: np.ndarray) -> np.ndarray:
-        """``(states - mean) / std`` in float32."""
+        """``(states - mean) / std`` in float32; raw states unchanged (their own dtype)."""
+        if self.raw:
+            return np.asarray(states)
         return ((states - self.mean) / self.std).astype(np.float32)
 
     def to_dict(self) -> dict:
         """JSON-serialisable form (for checkpoints)."""
-        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "raw": self.raw}
 
     @classmethod
     def from_dict(cls, data: dict) -> "StateStats":
         """Inverse of :meth:`to_dict`."""
-        return cls(np.asarray(data["mean"], np.float32), np.asarray(data["std"], np.float32))
+        return cls(np.asarray(data["mean"], np.float32), np.asarray(data["std"], np.float32),
+                   bool(data.get("raw", False)))
+
+    @classmethod
+    def identity(cls) -> "StateStats":
+        """Statistics of raw (image) states."""
+        return cls(np.zeros(1, np.float32), np.ones(1, np.float32), raw=True)
 
 
 def flatten_observations(space: gym.Space, obs) -> np.ndarray:
-    """A batch of observations ``[T, ...]`` (array or nested dict of arrays) as ``[T, D]`` float32."""
+    """A batch of observations ``[T, ...]`` (array or nested dict of arrays) as ``[T, D]`` float32;
+    image observations stay ``[T, *frame_shape]`` uint8 (see module doc)."""
+    if is_image_space(space):
+        return np.asarray(obs, dtype=np.uint8)
     if isinstance(space, gym.spaces.Dict):
         parts = [flatten_observations(sub, obs[key]) for key, sub in space.spaces.items()]
         return np.concatenate(parts, axis=1)
@@ -92,12 +115,20 @@ def open_dataset(name: str, download: bool = False) -> minari.MinariDataset:
             f"directory path as data.dataset.") from err
 
 
+def _one_hot(actions, space: gym.spaces.Discrete) -> np.ndarray:
+    """Discrete actions ``[T]`` as one-hot rows ``[T, n]`` float32 (index = action - space.start)."""
+    idx = np.asarray(actions, np.int64).reshape(-1) - int(space.start)
+    if idx.size and (idx.min() < 0 or idx.max() >= space.n):
+        raise ValueError(f"discrete actions outside {space}: min {idx.min() + space.start}, max {idx.max() + space.start}")
+    return np.eye(space.n, dtype=np.float32)[idx]
+
+
 @dataclass
 class TrajectoryIndex:
     """Flat arrays of every kept step plus per-episode bookkeeping."""
 
-    states: np.ndarray          # [N, state_dim] float32, normalised if stats were applied
-    actions: np.ndarray         # [N, act_dim] float32
+    states: np.ndarray          # [N, state_dim] float32, normalised if stats were applied; images [N, *shape] uint8
+    actions: np.ndarray         # [N, act_dim] float32 (discrete: one-hot over the act_dim actions)
     rtg: np.ndarray             # [N] float32, already divided by rtg_scale
     timesteps: np.ndarray       # [N] int64
     episode_pos: np.ndarray     # [N] int64: position of the step in its episode
@@ -122,7 +153,12 @@ class TrajectoryIndex:
     @property
     def state_dim(self) -> int:
         """Flattened observation size."""
-        return int(self.states.shape[1])
+        return int(np.prod(self.states.shape[1:]))
+
+    @property
+    def observation_shape(self) -> tuple[int, ...]:
+        """Shape of one stored observation (``(state_dim,)`` for vectors, the frame shape for images)."""
+        return tuple(int(d) for d in self.states.shape[1:])
 
     @property
     def act_dim(self) -> int:
@@ -138,10 +174,10 @@ def load_trajectories(dataset: minari.MinariDataset, rtg_scale: float, data_rati
     ratio, ratio seed) only, as the official per-ratio index files are, so training seeds vary
     the training and not the data.
     """
+    check_spaces(dataset.observation_space, dataset.action_space, dataset.id)
     action_space = dataset.action_space
-    if not isinstance(action_space, gym.spaces.Box):
-        raise ValueError(f"dataset {dataset.id}: only continuous (Box) action spaces are supported, "
-                         f"got {action_space}")
+    discrete = isinstance(action_space, gym.spaces.Discrete)
+    image = is_image_space(dataset.observation_space)
     chosen = select_episodes(dataset.total_episodes, data_ratio, seed)
     episode_ids = dataset.episode_indices[chosen]
     states, actions, rtg, timesteps, lengths, returns = [], [], [], [], [], []
@@ -150,19 +186,23 @@ def load_trajectories(dataset: minari.MinariDataset, rtg_scale: float, data_rati
         obs = flatten_observations(dataset.observation_space, episode.observations)[:-1]
         n = len(episode.rewards)
         states.append(obs[:n])
-        actions.append(np.asarray(episode.actions, np.float32).reshape(n, -1))
+        actions.append(_one_hot(episode.actions, action_space) if discrete
+                       else np.asarray(episode.actions, np.float32).reshape(n, -1))
         rtg.append(returns_to_go(episode.rewards))
         timesteps.append(np.arange(n, dtype=np.int64))
         lengths.append(n)
         returns.append(float(np.sum(episode.rewards, dtype=np.float64)))
         rewards.append(np.asarray(episode.rewards, np.float32).reshape(n))
         terminated.append(bool(np.asarray(episode.terminations).reshape(-1)[-1]) if n else False)
-    flat_states = np.concatenate(states).astype(np.float32)
-    mean = flat_states.mean(axis=0)
-    std = flat_states.std(axis=0) + 1e-6
-    stats = StateStats(mean.astype(np.float32), std.astype(np.float32))
-    if not normalize_states:
-        stats = StateStats(np.zeros_like(stats.mean), np.ones_like(stats.std))
+    if image:
+        flat_states, stats = np.concatenate(states), StateStats.identity()
+    else:
+        flat_states = np.concatenate(states).astype(np.float32)
+        mean = flat_states.mean(axis=0)
+        std = flat_states.std(axis=0) + 1e-6
+        stats = StateStats(mean.astype(np.float32), std.astype(np.float32))
+        if not normalize_states:
+            stats = StateStats(np.zeros_like(stats.mean), np.ones_like(stats.std))
     lengths_arr = np.asarray(lengths, np.int64)
     log.info("dataset %s: %d of %d episodes (ratio %.3g), %d steps", dataset.id, len(lengths),
              dataset.total_episodes, data_ratio, lengths_arr.sum())
@@ -175,8 +215,11 @@ def load_trajectories(dataset: minari.MinariDataset, rtg_scale: float, data_rati
         episode_lengths=lengths_arr,
         episode_returns=np.asarray(returns, np.float64),
         state_stats=stats,
-        action_low=np.asarray(action_space.low, np.float32).reshape(-1),
-        action_high=np.asarray(action_space.high, np.float32).reshape(-1),
+        # discrete: the one-hot's bounds (the policy predicts logits, these are not used to squash)
+        action_low=(np.zeros(action_space.n, np.float32) if discrete
+                    else np.asarray(action_space.low, np.float32).reshape(-1)),
+        action_high=(np.ones(action_space.n, np.float32) if discrete
+                     else np.asarray(action_space.high, np.float32).reshape(-1)),
         dataset_id=dataset.id,
         episode_ids=np.asarray(episode_ids, np.int64),
         rewards=np.concatenate(rewards),

@@ -1,7 +1,9 @@
 """Environment construction: our gymnasium ids, single and vectorised envs.
 
 Importing this package registers ``LaMoReacher2d-v1`` (the LaMo paper's sparse-reward
-Reacher2d, see :mod:`lamo_scale.envs.reacher2d`). gymnasium-robotics ids (PointMaze,
+Reacher2d, see :mod:`lamo_scale.envs.reacher2d`) and the Atari games ``LaMoBreakout-v0``,
+``LaMoPong-v0``, ``LaMoQbert-v0`` (84x84 grey, 4 stacked; :mod:`lamo_scale.envs.atari`, built
+only with ale-py installed). gymnasium-robotics ids (PointMaze,
 FrankaKitchen) are made available on demand, see :mod:`lamo_scale.envs.pointmaze`.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 
+from lamo_scale.envs.atari import register_atari
 from lamo_scale.envs.pointmaze import ensure_robotics_registered
 
 REACHER2D_ID = "LaMoReacher2d-v1"
@@ -20,6 +23,7 @@ if REACHER2D_ID not in gym.registry:
         entry_point="lamo_scale.envs.reacher2d:Reacher2dEnv",
         max_episode_steps=REACHER2D_HORIZON,
     )
+register_atari()
 
 
 def make_env(env_id: str | gym.envs.registration.EnvSpec, **kwargs) -> gym.Env:

@@ -37,6 +37,12 @@ REFERENCE_SCORES: dict[str, tuple[float, float]] = {
     # UMaze 245.0 (std 31.8, success 100%), Medium 498.8 (std 50.9, success 100%).
     "pointmaze_umaze": (0.0, 245.0),
     "pointmaze_medium": (0.0, 498.8),
+    # Atari: human-normalised, 100 * (return - random) / (human - random), as the paper reports
+    # (LaMo's experiment-atari/get_hns.py). Random and human scores from Mnih et al. (2015), "Human-
+    # level control through deep reinforcement learning", Nature 518, Extended Data Table 2.
+    "breakout": (1.7, 31.8),
+    "pong": (-20.7, 9.3),
+    "qbert": (163.9, 13455.0),
 }
 
 # gymnasium_robotics.envs.maze.maps.U_MAZE / MEDIUM_MAZE (the v3 registrations' maze_map)
@@ -91,6 +97,13 @@ MEASURED_SPECS: dict[str, MeasuredSpec] = {
     "pointmaze_umaze": MeasuredSpec(r"PointMaze_UMaze-v3", {"maze_map": _U_MAZE, **_POINTMAZE}, 300),
     "pointmaze_medium": MeasuredSpec(r"PointMaze_Medium-v3", {"maze_map": _MEDIUM_MAZE, **_POINTMAZE}, 600),
 }
+# Atari: our preprocessed LaMo<Game>-v0 ids and ALE's own ALE/<Game>-v5 (what Minari's atari/* data
+# names). The human references are per game, not per emulator setting, so ALE settings (sticky
+# actions, frame skip) and the episode cap are not checked; the paper normalises the same way.
+_ALE_KWARGS = frozenset({"repeat_action_probability", "full_action_space", "frameskip", "max_num_frames_per_episode",
+                         "obs_type", "mode", "difficulty", "noop_max"})
+for _game, _rom in (("breakout", "Breakout"), ("pong", "Pong"), ("qbert", "Qbert")):
+    MEASURED_SPECS[_game] = MeasuredSpec(rf"(LaMo{_rom}-v0|{_rom}-v5)", {"game": _game}, None, ignored=_ALE_KWARGS)
 
 
 class ReferenceLookup(NamedTuple):

@@ -11,6 +11,14 @@ several times larger than its embeddings is mostly bypassed by its residual stre
 token of step t (it has seen R_≤t, s_≤t, a_<t). The LM head stays for the language loss.
 The Decision Transformer baseline is the same class with ``embedding=linear``,
 ``action_head=linear``, ``finetune=full``, ``pretrained=false`` and no language loss.
+
+Image observations (Atari) change only the state token's encoder (``model.state_encoder=cnn``,
+:mod:`lamo_scale.model.state_encoders`). Discrete actions (``model.actions=discrete``) arrive
+one-hot, so the action token is the same embedding of a vector (through a linear embedding, a
+one-hot is exactly an embedding-table row plus a bias); the head then outputs logits trained with
+cross-entropy, and :meth:`LaMoPolicy.act` returns the one-hot of the arg-max action (the
+official Atari code acts by arg-max). Unlike the official code, the logits are not tanh-squashed
+(a tanh caps the most likely of 4 actions at probability 0.71).
 """
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ from lamo_scale.model.adapters import apply_finetune_mode
 from lamo_scale.model.backbone import load_backbone
 from lamo_scale.model.lm_loss import language_model_loss
 from lamo_scale.model.sharded import fingerprint_step
+from lamo_scale.model.state_encoders import make_state_encoder
 
 log = logging.getLogger(__name__)
 
@@ -110,15 +119,21 @@ class LaMoPolicy(nn.Module):
         self.lm = lm
         hidden = self.causal_lm.config.hidden_size
         self.hidden_size = hidden
+        self.discrete = cfg.actions == "discrete"
         self.embed_return = make_embedding(cfg.embedding, 1, hidden)
-        self.embed_state = make_embedding(cfg.embedding, state_dim, hidden)
+        if cfg.state_encoder == "cnn":
+            state_embedding = make_embedding(cfg.embedding, hidden, hidden) if cfg.embedding == "mlp" else None
+        else:
+            state_embedding = make_embedding(cfg.embedding, state_dim, hidden)
+        self.embed_state = make_state_encoder(cfg.state_encoder, state_embedding, cfg.observation_shape, hidden)
         self.embed_action = make_embedding(cfg.embedding, act_dim, hidden)
         self.input_scale = float(cfg.input_scale) if cfg.input_scale is not None else embedding_rms(self.causal_lm)
         self.embed_timestep = nn.Embedding(cfg.max_timestep, hidden)
         nn.init.normal_(self.embed_timestep.weight, std=self.input_scale)
         self.embed_ln = nn.LayerNorm(hidden)
         nn.init.constant_(self.embed_ln.weight, self.input_scale)
-        bounded = action_low is not None and bool(np.all(np.isfinite(action_low)) and np.all(np.isfinite(action_high)))
+        bounded = (not self.discrete and action_low is not None
+                   and bool(np.all(np.isfinite(action_low)) and np.all(np.isfinite(action_high))))
         self.action_head = make_action_head(cfg.action_head, hidden, act_dim, bounded)
         low = np.zeros(act_dim, np.float32) if not bounded else np.asarray(action_low, np.float32)
         high = np.ones(act_dim, np.float32) if not bounded else np.asarray(action_high, np.float32)
@@ -144,7 +159,7 @@ class LaMoPolicy(nn.Module):
 
     def predict_actions(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
                         timesteps: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Predicted actions ``[B, K, act_dim]`` for segments ``[B, K, ...]`` (see module doc)."""
+        """Predicted actions ``[B, K, act_dim]`` for segments ``[B, K, ...]`` (discrete: logits; see module doc)."""
         batch, k = states.shape[:2]
         time = self.embed_timestep(timesteps.clamp(0, self.cfg.max_timestep - 1))
         tokens = torch.stack([self.embed_return(returns_to_go), self.embed_state(states),
@@ -181,7 +196,10 @@ class LaMoPolicy(nn.Module):
     def forward(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
                 timesteps: torch.Tensor, attention_mask: torch.Tensor, text_ids: torch.Tensor | None = None,
                 language_weight: float = 0.0, valid_steps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """The training objective in ONE forward call: action MSE + ``language_weight`` × LM loss.
+        """The training objective in ONE forward call: action loss + ``language_weight`` × LM loss.
+
+        The action loss is the MSE over action dimensions (continuous), or the cross-entropy of the
+        logits against the one-hot actions (discrete), averaged over the valid steps.
 
         One call per backward keeps DDP/ZeRO/FSDP hooks happy (two forwards then one backward
         is a known ZeRO-3 failure mode). ``text_ids=None`` runs no LM forward at all.
@@ -190,10 +208,17 @@ class LaMoPolicy(nn.Module):
         loss (what DDP's gradient averaging optimises) is exactly the one-process loss.
         """
         pred = self.predict_actions(states, actions, returns_to_go, timesteps, attention_mask)
-        mask = attention_mask.unsqueeze(-1).to(pred.dtype)
-        err = ((pred.float() - actions.float()) ** 2) * mask
+        if self.discrete:
+            mask = attention_mask.to(torch.float32)
+            err = nn.functional.cross_entropy(pred.float().flatten(0, 1), actions.argmax(-1).flatten(),
+                                              reduction="none").reshape(mask.shape) * mask
+            per_step = 1
+        else:
+            mask = attention_mask.unsqueeze(-1).to(pred.dtype)
+            err = ((pred.float() - actions.float()) ** 2) * mask
+            per_step = self.act_dim
         denom = mask.sum() if valid_steps is None else valid_steps.to(err.dtype)
-        action_loss = err.sum() / (denom * self.act_dim).clamp_min(1.0)
+        action_loss = err.sum() / (denom * per_step).clamp_min(1.0)
         out = {"action_loss": action_loss, "loss": action_loss}
         if text_ids is not None and language_weight > 0:
             language_loss = language_model_loss(self.causal_lm, self.transformer, text_ids)
@@ -203,8 +228,12 @@ class LaMoPolicy(nn.Module):
 
     @torch.no_grad()
     def act(self, states, actions, returns_to_go, timesteps, attention_mask) -> torch.Tensor:
-        """Actions for the last step of each window ``[B, act_dim]`` (rollout entry point)."""
-        return self.predict_actions(states, actions, returns_to_go, timesteps, attention_mask)[:, -1].float()
+        """Actions for the last step of each window ``[B, act_dim]`` (rollout entry point); discrete:
+        the one-hot of the arg-max action."""
+        pred = self.predict_actions(states, actions, returns_to_go, timesteps, attention_mask)[:, -1].float()
+        if self.discrete:
+            return nn.functional.one_hot(pred.argmax(-1), self.act_dim).float()
+        return pred
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights a checkpoint must hold: every parameter that trains (adapters, embeddings, heads)."""

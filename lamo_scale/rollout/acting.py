@@ -5,6 +5,8 @@ env runs exactly one episode of the wave (seeded ``seed + episode``), and an env
 episode ended is masked out, so short episodes are never over-counted. Episode ``j`` gets
 the same seed under every target return, so targets are compared on the same starts.
 The context window is built with the same :func:`window_offsets` as training segments.
+Discrete action spaces (Atari): the policy returns one-hot actions, the env is stepped with their
+index and the history keeps the one-hot, as the training data does.
 """
 from __future__ import annotations
 
@@ -101,19 +103,26 @@ class EpisodeWindows:
 
     States are normalised with the dataset's statistics, the return-to-go starts at the target
     and drops by each reward (both divided by ``rtg_scale``), timesteps count from 0: exactly
-    what training segments hold (tests replay a dataset episode through it).
+    what training segments hold (tests replay a dataset episode through it). Image states stay
+    uint8 frames. Only the last K states are kept (a ring of K slots: 32 Atari episodes of 27,000
+    steps of stacked frames would otherwise take 24 GB); actions and returns keep the whole episode.
     """
 
     def __init__(self, spec: ActingSpec, first_obs: np.ndarray, targets: np.ndarray, horizon: int, act_dim: int):
         """Start ``len(first_obs)`` episodes conditioned on ``targets`` (unscaled returns)."""
         n = len(first_obs)
         self.spec, self.k = spec, spec.context_len
-        flat = first_obs.reshape(n, -1)
-        self.states = np.zeros((n, horizon + 1, flat.shape[1]), np.float32)
+        first = self._state(first_obs)
+        self.states = np.zeros((n, self.k, *first.shape[1:]), first.dtype)
         self.actions = np.zeros((n, horizon + 1, act_dim), np.float32)
         self.rtg = np.zeros((n, horizon + 1), np.float32)
-        self.states[:, 0] = spec.state_stats.normalize(flat)
+        self.states[:, 0] = first
         self.rtg[:, 0] = np.asarray(targets, np.float32) / spec.rtg_scale
+
+    def _state(self, obs: np.ndarray) -> np.ndarray:
+        """Observations as the model reads them: normalised flat vectors, or raw frames."""
+        obs = np.asarray(obs)
+        return self.spec.state_stats.normalize(obs if self.spec.state_stats.raw else obs.reshape(len(obs), -1))
 
     def window(self, t: int) -> dict[str, torch.Tensor]:
         """The left-padded K-step window ending at step ``t`` (same builder as training segments)."""
@@ -121,18 +130,20 @@ class EpisodeWindows:
         offsets, valid = window_offsets(np.full(n, t), self.k)
         idx = np.clip(t + offsets, 0, None)
         timesteps = np.broadcast_to(idx, (n, self.k))
-        return window_tensors(self.states[:, idx], self.actions[:, idx], self.rtg[:, idx], timesteps, valid)
+        return window_tensors(self.states[:, idx % self.k], self.actions[:, idx], self.rtg[:, idx], timesteps, valid)
 
     def record(self, t: int, action: np.ndarray, next_obs: np.ndarray, reward: np.ndarray) -> None:
         """Store step ``t``'s action, then the next state and the decremented return-to-go."""
         self.actions[:, t] = action
-        self.states[:, t + 1] = self.spec.state_stats.normalize(next_obs.reshape(len(next_obs), -1))
+        self.states[:, (t + 1) % self.k] = self._state(next_obs)
         self.rtg[:, t + 1] = self.rtg[:, t] - reward / self.spec.rtg_scale
 
 
 def _run_wave(act, envs, spec: ActingSpec, wave, horizon: int, seed: int, device, autocast_dtype):
     n_active, n = len(wave), envs.num_envs
-    act_dim = int(np.prod(envs.single_action_space.shape))
+    space = envs.single_action_space
+    discrete = isinstance(space, gym.spaces.Discrete)
+    act_dim = int(space.n) if discrete else int(np.prod(space.shape))
     seeds = [seed + ep for _, ep in wave] + [seed + 10_000_000 + i for i in range(n - n_active)]
     obs, _ = envs.reset(seed=seeds)
     targets = np.array([t for t, _ in wave] + [0.0] * (n - n_active), np.float32)
@@ -140,7 +151,6 @@ def _run_wave(act, envs, spec: ActingSpec, wave, horizon: int, seed: int, device
     returns = np.zeros(n, np.float64)
     lengths = np.zeros(n, np.int64)
     alive = np.arange(n) < n_active
-    low, high = envs.single_action_space.low, envs.single_action_space.high
     for t in range(horizon):
         # Only the episodes still running go through the policy (finished ones and a short
         # wave's filler envs are stepped with zero actions whose rewards are masked below).
@@ -151,8 +161,11 @@ def _run_wave(act, envs, spec: ActingSpec, wave, horizon: int, seed: int, device
                                                     enabled=autocast_dtype is not None):
             action = np.zeros((n, act_dim), np.float32)
             action[live] = act(**batch).float().cpu().numpy().reshape(len(live), act_dim)
-        action = np.clip(action, low, high)
-        obs, reward, terminated, truncated, _ = envs.step(action)
+        if discrete:  # one-hot -> index (finished envs' zero rows step action 0; their rewards are masked)
+            obs, reward, terminated, truncated, _ = envs.step(space.start + action.argmax(-1))
+        else:
+            action = np.clip(action, space.low, space.high)
+            obs, reward, terminated, truncated, _ = envs.step(action)
         reward = np.where(alive, reward, 0.0)
         returns += reward
         lengths += alive
