@@ -56,8 +56,11 @@ def build(size: str, state_dim: int, act_dim: int, low, high, seed: int):
     return policy.eval()
 
 
-def sequential_loop(policy, stats, k: int, episodes: int, horizon: int, seed: int, autocast_dtype):
-    """Official-style evaluation: batch 1, one env, one episode after another. Returns (steps, returns)."""
+def sequential_loop(policy, stats, k: int, episodes: int, horizon: int, seed: int, autocast_dtype,
+                    device: str = "cpu"):
+    """Official-style evaluation: batch 1, one env, one episode after another. Returns (steps, returns).
+
+    The history lives on the host, as in the official loop; each window is copied to ``device``."""
     from lamo_scale.rollout.acting import make_eval_env
 
     env = make_eval_env(ENV_ID, horizon)
@@ -81,9 +84,11 @@ def sequential_loop(policy, stats, k: int, episodes: int, horizon: int, seed: in
             a = torch.cat([torch.zeros((pad, act_dim)), a]).reshape(1, k, act_dim)
             r = torch.cat([torch.zeros((pad, 1)), r]).reshape(1, k, 1)
             ts = torch.cat([torch.zeros(pad, dtype=torch.long), ts]).reshape(1, k)
-            with torch.inference_mode(), torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16,
+            with torch.inference_mode(), torch.autocast(torch.device(device).type,
+                                                        dtype=autocast_dtype or torch.bfloat16,
                                                         enabled=autocast_dtype is not None):
-                action = policy.act(s, a, r, ts, mask.reshape(1, k)).float()[0]
+                window = [x.to(device) for x in (s, a, r, ts, mask.reshape(1, k))]
+                action = policy.act(*window).float()[0].cpu()
             action = action.clamp(torch.from_numpy(low), torch.from_numpy(high))
             actions[-1] = action
             obs, reward, terminated, truncated, _ = env.step(action.numpy())

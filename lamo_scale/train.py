@@ -379,6 +379,10 @@ def _loop(cfg, accelerator, policy, optimizer, scheduler, loaders, tracker, meta
                 if loaders.text is not None:
                     metrics["train/language_loss"] = language_loss
                 tracker.log_metrics(metrics, step)
+                if accelerator.is_main_process:  # cluster logs (and runs without MLflow) see the same figures
+                    log.info("step %d/%d loss %.4f action_loss %.4f lr %.3g %.1f samples/s %.0f tokens/s", step,
+                             cfg.train.steps, loss, action_loss, metrics["train/lr"],
+                             metrics["train/samples_per_s"], metrics["train/tokens_per_s"])
                 window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
             if stop > 0 or step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
                 _save(cfg, accelerator, policy, optimizer, scheduler, meta, result, step, tracker)

@@ -24,6 +24,7 @@ per-rank load with a warning.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -240,7 +241,10 @@ def build_zero3(config, dtype: torch.dtype, plan: ShardedInit, reader: Optional[
     import deepspeed
     from transformers import AutoModelForCausalLM
     from transformers.initialization import no_init_weights
-    from transformers.integrations.deepspeed import prevent_arange_dtype_change
+    try:
+        from transformers.integrations.deepspeed import prevent_arange_dtype_change
+    except ImportError:  # transformers < 5.23 has no such guard (nor the arange-in-zero.Init change it undoes)
+        prevent_arange_dtype_change = contextlib.nullcontext
     from transformers.modeling_utils import set_zero3_state
 
     if reader is None:
