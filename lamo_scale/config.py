@@ -178,6 +178,9 @@ class TrainConfig:
     """Checkpoint dir, a run output dir (resume its latest checkpoint), or 'auto' (latest in output_dir if any)."""
     threads: int = 0
     """torch intra-op threads on CPU; 0 keeps torch's default."""
+    compile: bool = False
+    """torch.compile (inductor) the backbone's transformer: same losses, fewer kernel launches (a launch-bound
+    GPU step such as SmolLM2-135M's gains most); compiling costs time at the first steps. Plain / DDP only."""
 
 
 @dataclass

@@ -177,6 +177,10 @@ def _train(cfg: Config, preemption: PreemptionFlag) -> TrainResult:
                           f"x {cfg.train.grad_accum} accumulation steps")
     if cfg.loss.language_weight > 0:
         text_micro_batch(cfg.text.batch_size, world, cfg.train.grad_accum)  # ConfigError before any model is built
+    if cfg.train.compile and dist.is_sharded(accelerator):
+        raise ConfigError("train.compile=true needs a plain or DDP launch; under DeepSpeed / FSDP the engine "
+                          "owns the parameters (ZeRO-3 gathers them per layer call). Set train.compile=false or "
+                          "launch with ds_configs/accelerate_ddp.yaml.")
     names = [resolve_names(cfg)]
     if world > 1:
         from accelerate.utils import broadcast_object_list
@@ -230,6 +234,9 @@ def _train(cfg: Config, preemption: PreemptionFlag) -> TrainResult:
     micro_batch = cfg.train.batch_size // (world * cfg.train.grad_accum)
     dist.configure_deepspeed(accelerator, micro_batch, cfg.train.grad_accum, cfg.train.grad_clip, policy.hidden_size)
     # The scheduler is stepped by hand: accelerate's wrapper would step it once per process.
+    if cfg.train.compile:
+        # In place (nn.Module.compile): parameter names, so checkpoints, are those of the eager model.
+        policy.transformer.compile()
     policy, optimizer = accelerator.prepare(policy, optimizer)
     dist.finish_sharded_load(accelerator, policy)  # FSDP2 meta build: read this rank's shards
     loaders = _Loaders(cfg, index, tokenizer, rank, world, start_step * cfg.train.grad_accum,

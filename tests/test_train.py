@@ -196,3 +196,19 @@ def test_data_ratio_subset_depends_on_the_ratio_seed_not_the_training_seed(tmp_p
     expected = load_trajectories(open_dataset(reacher_dataset), 100.0, 0.5, seed=0).episode_ids.tolist()
     assert subsets[0]["episode_ids"] == subsets[7]["episode_ids"] == expected
     assert subsets[0]["ratio_seed"] == 0 and subsets[0]["episodes"] == len(expected)
+
+
+def test_compile_gives_the_losses_of_the_eager_model(tmp_path, reacher_dataset):
+    """train.compile (inductor, CPU here): same losses as eager, language loss on, and a checkpoint that
+    loads into an eager policy (nn.Module.compile keeps the parameter names)."""
+    from conftest import english_text_file
+
+    text = english_text_file(tmp_path)
+    common = ["model.lora.dropout=0", "model.backbone_dropout=0", "train.steps=3", "tracking.enabled=false",
+              "train.checkpoint_every=3"]
+    eager = train(make_cfg(tmp_path, reacher_dataset, text, "tracking.run_name=eager", *common))
+    compiled = train(make_cfg(tmp_path, reacher_dataset, text, "tracking.run_name=compiled", "train.compile=true",
+                              *common))
+    np.testing.assert_allclose(compiled.losses, eager.losses, rtol=1e-4)
+    assert ckpt.resolve_checkpoint(compiled.checkpoint).weights().keys() == \
+        ckpt.resolve_checkpoint(eager.checkpoint).weights().keys()
