@@ -199,6 +199,10 @@ class EvalConfig:
     """Cap on episode length; null uses the env's own limit."""
     seed: int = 12345
     """Seed of the evaluation episodes."""
+    vector_env: Literal["sync", "async"] = "sync"
+    """sync: every env steps in the acting process (best on a few cores); async: one process per env
+    (gymnasium AsyncVectorEnv), for many envs on a many-core GPU node where stepping them serially bounds
+    acting. Same episodes and returns either way (tested)."""
 
 
 @dataclass

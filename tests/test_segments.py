@@ -168,3 +168,26 @@ def test_finished_and_filler_episodes_are_left_out_of_the_forward(reacher_datase
     assert results[50.0].lengths == [7, 7, 7]
     one_at_a_time = run_episodes(act, spec, [50.0], episodes=3, num_envs=1, seed=0, progress=False)
     assert one_at_a_time[50.0].returns == results[50.0].returns
+
+
+def test_async_vector_env_acts_on_the_same_episodes_as_sync(reacher_dataset):
+    """eval.vector_env=async (one process per env) sees exactly the observations sync does."""
+    from lamo_scale.rollout.acting import ActingSpec, run_episodes
+
+    index = load_trajectories(open_dataset(reacher_dataset), rtg_scale=100.0)
+    spec = ActingSpec(env="LaMoReacher2d-v1", state_stats=index.state_stats, rtg_scale=100.0, context_len=3,
+                      max_episode_steps=6)
+    seen = {"sync": [], "async": []}
+    results = {}
+    for mode in seen:
+        def act(states, actions, returns_to_go, timesteps, attention_mask, mode=mode):
+            seen[mode].append(states[:, -1].clone())
+            return torch.tanh(3 * states[:, -1, :2])
+        results[mode] = run_episodes(act, spec, [50.0], episodes=3, num_envs=2, seed=5, progress=False,
+                                     vector_env=mode)
+    assert len(seen["async"]) == len(seen["sync"]) == 12
+    for got, want in zip(seen["async"], seen["sync"]):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert results["async"][50.0].returns == results["sync"][50.0].returns
+    with pytest.raises(ValueError, match="vector_env"):
+        run_episodes(act, spec, [50.0], episodes=1, num_envs=1, seed=0, progress=False, vector_env="threads")

@@ -9,6 +9,8 @@ FrankaKitchen) are made available on demand, see :mod:`lamo_scale.envs.pointmaze
 
 from __future__ import annotations
 
+from typing import Optional
+
 import gymnasium as gym
 
 from lamo_scale.envs.atari import register_atari
@@ -32,6 +34,15 @@ def make_env(env_id: str | gym.envs.registration.EnvSpec, **kwargs) -> gym.Env:
     return gym.make(env_id, **kwargs)
 
 
+def make_eval_env(env: str | gym.envs.registration.EnvSpec, max_episode_steps: Optional[int] = None) -> gym.Env:
+    """One evaluation env (dict observations flattened as in the dataset)."""
+    kwargs = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
+    e = make_env(env, **kwargs)
+    if isinstance(e.observation_space, gym.spaces.Dict):
+        e = gym.wrappers.FlattenObservation(e)
+    return e
+
+
 def make_vector_env(env_id: str, num_envs: int, seed: int | None = None, **kwargs) -> gym.vector.SyncVectorEnv:
     """Build ``num_envs`` copies of ``env_id`` stepped in-process (Sync beats Async on few cores).
 
@@ -47,4 +58,4 @@ def make_vector_env(env_id: str, num_envs: int, seed: int | None = None, **kwarg
     return envs
 
 
-__all__ = ["REACHER2D_ID", "REACHER2D_HORIZON", "ensure_robotics_registered", "make_env", "make_vector_env"]
+__all__ = ["REACHER2D_ID", "REACHER2D_HORIZON", "ensure_robotics_registered", "make_env", "make_eval_env", "make_vector_env"]

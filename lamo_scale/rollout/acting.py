@@ -10,6 +10,7 @@ index and the history keeps the one-hot, as the training data does.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from lamo_scale.data.segments import window_offsets, window_tensors
 from lamo_scale.data.trajectories import StateStats
-from lamo_scale.envs import make_env
+from lamo_scale.envs import make_eval_env
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +59,8 @@ class ActingSpec:
     max_episode_steps: Optional[int] = None
 
 
-def make_eval_env(env: str | gym.envs.registration.EnvSpec, max_episode_steps: Optional[int] = None) -> gym.Env:
-    """One evaluation env (dict observations flattened as in the dataset)."""
-    kwargs = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
-    e = make_env(env, **kwargs)
-    if isinstance(e.observation_space, gym.spaces.Dict):
-        e = gym.wrappers.FlattenObservation(e)
-    return e
-
-
 def _horizon(envs: gym.vector.VectorEnv, spec: ActingSpec) -> int:
-    limit = spec.max_episode_steps or envs.envs[0].spec.max_episode_steps
+    limit = spec.max_episode_steps or envs.get_attr("spec")[0].max_episode_steps
     if not limit:
         raise ValueError("the env has no time limit; set eval.max_episode_steps")
     return int(limit)
@@ -76,12 +68,20 @@ def _horizon(envs: gym.vector.VectorEnv, spec: ActingSpec) -> int:
 
 def run_episodes(act: Callable[..., torch.Tensor], spec: ActingSpec, target_returns: list[float], episodes: int,
                  num_envs: int, seed: int, device: str | torch.device = "cpu", progress: bool = True,
-                 autocast_dtype: Optional[torch.dtype] = None) -> dict[float, EpisodeStats]:
-    """Run ``episodes`` episodes per target with ``num_envs`` in parallel; returns stats per target."""
+                 autocast_dtype: Optional[torch.dtype] = None, vector_env: str = "sync") -> dict[float, EpisodeStats]:
+    """Run ``episodes`` episodes per target with ``num_envs`` in parallel; returns stats per target.
+
+    ``vector_env``: ``sync`` steps the envs in this process, ``async`` in one worker process each."""
     jobs = [(target, ep) for target in target_returns for ep in range(episodes)]
     results = {t: EpisodeStats(t) for t in target_returns}
     n_envs = min(num_envs, len(jobs))
-    envs = gym.vector.SyncVectorEnv([lambda: make_eval_env(spec.env, spec.max_episode_steps) for _ in range(n_envs)])
+    make = functools.partial(make_eval_env, spec.env, spec.max_episode_steps)
+    if vector_env == "async":
+        envs = gym.vector.AsyncVectorEnv([make] * n_envs)
+    elif vector_env == "sync":
+        envs = gym.vector.SyncVectorEnv([make] * n_envs)
+    else:
+        raise ValueError(f"vector_env must be 'sync' or 'async', not {vector_env!r}")
     try:
         horizon = _horizon(envs, spec)
         bar = tqdm(total=len(jobs), desc="rollout", unit="episode", disable=not progress, dynamic_ncols=True)

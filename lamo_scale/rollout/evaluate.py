@@ -220,7 +220,7 @@ def evaluate_checkpoint(ref: str | Path | ckpt.Checkpoint, episodes: Optional[in
     results, seconds = timed_run(act, spec, targets, episodes or eval_cfg.episodes,
                                  num_envs or eval_cfg.num_envs, eval_cfg.seed if seed is None else seed,
                                  device=device, progress=progress,
-                                 autocast_dtype=torch.bfloat16 if bf16 else None)
+                                 autocast_dtype=torch.bfloat16 if bf16 else None, vector_env=eval_cfg.vector_env)
     summaries = {t: dict(r.summary(meta.get("ref_min_score"), meta.get("ref_max_score")), wall_time_s=seconds)
                  for t, r in results.items()}
     note = None
