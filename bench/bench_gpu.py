@@ -215,7 +215,7 @@ def act_bench(name: str, backbone_dir: Path, args) -> list[dict]:
     for n in args.num_envs:
         timed(f"batched N={n}", lambda n=n: int(sum(run_episodes(
             policy.act, spec, [TARGET], episodes=n, num_envs=n, seed=args.seed, device=args.device, progress=False,
-            autocast_dtype=torch.bfloat16)[TARGET].lengths)))
+            autocast_dtype=torch.bfloat16, vector_env=args.vector_env)[TARGET].lengths)))
     timed("env only (random actions)", lambda: env_only(2000, args.seed))
     seq = rows[0]["env_steps_per_s"]
     for r in rows:
@@ -240,6 +240,8 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--num-envs", default="1,32,128", help="parallel episodes for the batched acting contenders")
+    p.add_argument("--vector-env", default="sync", choices=["sync", "async"],
+                   help="how the batched contenders step their envs (eval.vector_env)")
     p.add_argument("--horizon", type=int, default=100, help="steps per acting episode (Reacher2d's full 100)")
     p.add_argument("--text-len", type=int, default=1024, help="tokens per text sequence (2 sequences)")
     p.add_argument("--device", default="cuda", help="cuda (the bench), or cpu for a smoke run with small settings")

@@ -54,6 +54,8 @@ setup() {
 bench() {
   stamp "bench: step + acting"
   $PY bench/bench_gpu.py --tokenizer .gpu/tok --out "$OUT/gpu.json" > "$OUT/gpu.txt" 2>&1
+  $PY bench/bench_gpu.py --tokenizer .gpu/tok --backbones "" --act-backbones smollm2-135m --vector-env async \
+    --out "$OUT/gpu_async.json" > "$OUT/gpu_async.txt" 2>&1
   echo "bench rc=$?"; grep -v Warning "$OUT/gpu.txt" | tail -22
 }
 
