@@ -136,3 +136,19 @@ def test_unknown_sources_fail_clearly():
         next(iter(open_text_records("builtin:nope")))
     with pytest.raises(FileNotFoundError, match="neither a local file/dir nor a loadable dataset"):
         open_text_records("no-such-user/no-such-dataset")
+
+
+def test_auto_text_falls_back_to_local_text_when_the_hub_is_unreachable(tmp_path, monkeypatch):
+    """No HF_HUB_OFFLINE set and no hub answering (here: a refused loopback port): `auto` must not pick
+    the hub's WikiText (the run would die at its first text read) but local English text."""
+    import huggingface_hub.constants
+
+    from lamo_scale.data.text import WIKITEXT, resolve_source
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("LAMO_SCALE_CACHE", str(tmp_path))
+    (tmp_path / "python-docs.txt").write_text("The Python tutorial.\n")  # the corpus cache, as fetched once
+    assert resolve_source("auto") == "builtin:python-docs" != WIKITEXT
+    assert resolve_source("wikitext:wikitext-2-raw-v1") == "wikitext:wikitext-2-raw-v1"  # explicit: as given

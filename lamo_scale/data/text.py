@@ -30,7 +30,7 @@ import logging
 import os
 import sysconfig
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -114,13 +114,31 @@ def _hub_offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
+def _hub_unreachable() -> Optional[str]:
+    """Why the hub's WikiText-103 cannot be reached (one request, 5 s at most), or None when it can."""
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().dataset_info(WIKITEXT.split(":")[0], timeout=5)
+    except Exception as err:  # DNS failure, refused connection, time-out, HTTP error: all mean "not usable"
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return None
+
+
 def resolve_source(source: str) -> str:
-    """The concrete text source for ``source`` (``auto`` picks one and logs why)."""
+    """The concrete text source for ``source`` (``auto`` picks one and logs why).
+
+    ``auto`` streams WikiText-103 when the hub answers; offline (``HF_HUB_OFFLINE`` /
+    ``HF_DATASETS_OFFLINE``, or the hub unreachable) it falls back to local English text."""
     if source != "auto":
         return source
     if not _hub_offline():
-        log.info("text for the language loss: %s (the paper's WikiText-103, streamed from the hub)", WIKITEXT)
-        return WIKITEXT
+        why = _hub_unreachable()
+        if why is None:
+            log.info("text for the language loss: %s (the paper's WikiText-103, streamed from the hub)", WIKITEXT)
+            return WIKITEXT
+        log.warning("text.source=auto: the hub is unreachable (%s); using local text. Set HF_HUB_OFFLINE=1 to "
+                    "skip this check, or text.source=<file/dir> to choose the text.", why)
     try:
         python_docs_corpus()
         log.info("text for the language loss: builtin:python-docs (offline: Debian's python3.11-doc)")
