@@ -114,7 +114,8 @@ def main() -> None:
     ap.add_argument("--backbone", required=True, help="local checkpoint dir of the GPT-2-XL-shaped backbone")
     ap.add_argument("--make-backbone", action="store_true", help="write a random-init one there if missing")
     ap.add_argument("--work", default="/tmp/lamo_bench_large", help="run dirs and the MLflow store")
-    ap.add_argument("--modes", default="single,zero3_offload")
+    ap.add_argument("--modes", default="single,zero3_offload",
+                    help="single, and 2-rank modes named by their ds_configs/accelerate_deepspeed_<mode>.yaml (zero3, zero3_offload)")
     ap.add_argument("--timeout", type=int, default=3000)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
@@ -145,7 +146,7 @@ def main() -> None:
         threads = 2 if mode == "single" else 1
         launcher = ([sys.executable, "-m", "lamo_scale.train"] if mode == "single" else
                     [str(VENV_BIN / "accelerate"), "launch", "--config_file",
-                     "ds_configs/accelerate_deepspeed_zero3_offload.yaml", "--num_processes", "2",
+                     f"ds_configs/accelerate_deepspeed_{mode}.yaml", "--num_processes", "2",
                      "-m", "lamo_scale.train"])
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), TQDM_DISABLE="1")
         name = f"{mode}-{int(time.time())}"
