@@ -55,7 +55,7 @@ SHAPES = {
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 STATE_DIM, ACT_DIM = 11, 3
-TEXT_SHAPE = (2, 1024)
+TEXT_SEQUENCES = 2
 LANGUAGE_WEIGHT = 0.1
 
 
@@ -128,15 +128,16 @@ def step_bench(name: str, backbone_dir: Path, args) -> list[dict]:
     n_blocks = block_weights(lm)
     n_head = lm.get_output_embeddings().weight.numel()
     batch = {k: v.to(dev) for k, v in make_batch(args.batch, args.context_len, args.seed).items()}
-    text = torch.randint(0, 49152, TEXT_SHAPE, device=dev)
+    text_shape = (TEXT_SEQUENCES, args.text_len)
+    text = torch.randint(0, 49152, text_shape, device=dev)
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-5, fused=True)
     rl_tokens = 3 * args.context_len * args.batch
     att = lambda t, seqs: 3 * 4 * layers * width * t ** 2 * seqs  # noqa: E731
     contenders = {
         "lamo+lm": (True, 4 * n_blocks * rl_tokens + att(3 * args.context_len, args.batch)
-                    + 4 * (n_blocks + n_head) * TEXT_SHAPE[0] * TEXT_SHAPE[1] + att(TEXT_SHAPE[1], TEXT_SHAPE[0]),
-                    rl_tokens + TEXT_SHAPE[0] * TEXT_SHAPE[1]),
+                    + 4 * (n_blocks + n_head) * text.numel() + att(args.text_len, TEXT_SEQUENCES),
+                    rl_tokens + text.numel()),
         "lamo": (False, 4 * n_blocks * rl_tokens + att(3 * args.context_len, args.batch), rl_tokens),
     }
 
@@ -254,8 +255,6 @@ def main(argv=None) -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("bench_gpu.py: no CUDA device (use --device cpu for a smoke run)")
     args.num_envs = [int(n) for n in args.num_envs.split(",") if n]
-    global TEXT_SHAPE
-    TEXT_SHAPE = (2, args.text_len)
     info = _common.machine_info()
     info["gpu"] = torch.cuda.get_device_name() if args.device.startswith("cuda") else "none"
     print(_common.machine_line(info) + f", GPU {info['gpu']}")
@@ -268,7 +267,7 @@ def main(argv=None) -> None:
     for name in [b for b in args.act_backbones.split(",") if b]:
         act_rows += act_bench(name, make_shape_dir(name, root, tok), args)
     peak_after = matmul_peak(args.device, 8192 if args.device.startswith("cuda") else 1024)
-    print(f"\nco-training step: batch {args.batch}, K {args.context_len}, text {TEXT_SHAPE[0]}x{TEXT_SHAPE[1]} (λ 0.1) "
+    print(f"\nco-training step: batch {args.batch}, K {args.context_len}, text {TEXT_SEQUENCES}x{args.text_len} (λ 0.1) "
           f"or none (λ 0); bf16 autocast, frozen bf16 base + LoRA r16; median of {args.repeats} interleaved steps")
     print(_common.table(step_rows, [("backbone", "backbone"), ("contender", "contender"), ("s_per_step", "s/step"),
                                     ("tokens_per_s", "tokens/s"), ("tflop_per_s", "TFLOP/s"),

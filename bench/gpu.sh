@@ -101,7 +101,8 @@ claim() {
   # The recipe is fixed here, before any seed runs: the quickstart's cell (lamo/reacher2d/medium-v1,
   # 200 episodes, K 5) and the quickstart recipe unchanged but for train.steps=$CLAIM_STEPS and batch 64
   # (16x the quickstart's segments at 1000 steps), WikiText-103 text, 3 seeds per variant, all nine runs
-  # at once on the one GPU; final checkpoint, 64 episodes per target.
+  # at once on the one GPU; final checkpoint, 64 episodes per target. Plain processes, not `lamo-scale sweep`:
+  # the lent machine has no MLflow (tracking off), so bench/gpu_claim.py scores the checkpoints directly.
   stamp "claim: converting SmolLM2-135M once"
   $PY -c "from lamo_scale.model.backbone import _smollm2_135m; print(_smollm2_135m())" 2>&1 | tail -1
   nvidia-cuda-mps-control -d 2>/dev/null && echo "MPS on" || echo "MPS not available"

@@ -32,9 +32,9 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     import numpy as np
-    from scipy import stats
 
     from lamo_scale import checkpoint as ckpt
+    from lamo_scale.paper_report import compare  # the report's Welch test: both read the same way
     from lamo_scale.rollout.evaluate import evaluate_checkpoint
 
     rows, unfinished = [], []
@@ -60,14 +60,11 @@ def main(argv=None) -> None:
         sd = float(np.std(s, ddof=1)) if len(s) > 1 else float("nan")
         print(f"{v:22s} {len(s):2d}  {np.mean(s):5.1f} ± {sd:4.1f}   {', '.join(f'{x:.1f}' for x in s)}")
     tests = {}
-    names = list(variants)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            if len(variants[a]) > 1 and len(variants[b]) > 1:
-                t, pval = stats.ttest_ind(variants[a], variants[b], equal_var=False)
-                tests[f"{a} vs {b}"] = {"diff": float(np.mean(variants[a]) - np.mean(variants[b])),
-                                        "t": float(t), "p": float(pval)}
-                print(f"Welch {a} - {b}: {tests[f'{a} vs {b}']['diff']:+.1f}, t {t:.2f}, p {pval:.3f}")
+    others = [v for v in variants if v != "lamo"] if "lamo" in variants else []
+    for other in others:
+        diff, se, threshold, verdict = compare(variants["lamo"], variants[other])
+        tests[f"lamo vs {other}"] = {"diff": diff, "se": se, "threshold": threshold, "verdict": verdict}
+        print(f"LaMo - {other}: {diff:+.1f} ± {se:.1f} (95 % threshold {threshold:.1f}): {verdict}")
     if unfinished:
         print("unfinished (no final checkpoint, left out):", ", ".join(unfinished))
     _common.save_json(args.out, {"rows": rows, "unfinished": unfinished, "welch": tests})

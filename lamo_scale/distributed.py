@@ -193,8 +193,23 @@ _KEEP_ALIVE: list = []
 """transformers holds its DeepSpeed config by weakref: keep it for the life of the process."""
 
 
+def move_buffers(module: torch.nn.Module, device) -> int:
+    """Move every registered buffer of ``module`` that is not on ``device`` there; returns how many moved."""
+    moved = 0
+    for sub in module.modules():
+        for name, buf in sub._buffers.items():
+            if buf is not None and buf.device != torch.device(device):
+                sub._buffers[name] = buf.to(device)
+                moved += 1
+    return moved
+
+
 def finish_sharded_load(accelerator, policy) -> None:
-    """After ``prepare``: FSDP2 meta-built backbones get their local shards allocated and read."""
+    """After ``prepare``: DeepSpeed places the parameters but leaves module buffers (the action bounds, ...)
+    where they were built, so they are moved to the device here; FSDP2 meta-built backbones get their
+    local shards allocated and read."""
+    if is_deepspeed(accelerator):
+        move_buffers(accelerator.unwrap_model(policy), accelerator.device)
     if not is_fsdp(accelerator):
         return
     from lamo_scale.model.sharded import materialize_fsdp2

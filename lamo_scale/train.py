@@ -238,7 +238,7 @@ def _train(cfg: Config, preemption: PreemptionFlag) -> TrainResult:
         # In place (nn.Module.compile): parameter names, so checkpoints, are those of the eager model.
         policy.transformer.compile()
     policy, optimizer = accelerator.prepare(policy, optimizer)
-    dist.finish_sharded_load(accelerator, policy)  # FSDP2 meta build: read this rank's shards
+    dist.finish_sharded_load(accelerator, policy)  # DeepSpeed: buffers to the device; FSDP2: read the shards
     loaders = _Loaders(cfg, index, tokenizer, rank, world, start_step * cfg.train.grad_accum,
                        text_source)
     if resume is not None:

@@ -245,3 +245,16 @@ def test_a_bf16_stored_backbone_trains_and_acts_under_autocast(backbone):
         out["loss"].backward()
         action = policy.act(**batch())
     assert torch.isfinite(out["loss"]) and action.shape == (3, 2)
+
+
+def test_move_buffers_places_the_action_bounds_where_deepspeed_put_the_parameters():
+    """Under ZeRO-3 on a GPU DeepSpeed moves parameters, not buffers: the action bounds stayed on the CPU
+    and the first forward failed (cuda:0 vs cpu, seen on an H200). finish_sharded_load moves them."""
+    from lamo_scale.distributed import move_buffers
+
+    policy, _, _ = make(state_dim=5, act_dim=2)
+    assert policy.action_center.device.type == "cpu"
+    assert move_buffers(policy, "meta") >= 2
+    assert policy.action_center.device.type == policy.action_halfwidth.device.type == "meta"
+    assert all(b.device.type == "meta" for b in policy.buffers())
+    assert move_buffers(policy, "meta") == 0

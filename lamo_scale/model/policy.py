@@ -176,8 +176,8 @@ class LaMoPolicy(nn.Module):
             hidden = self.transformer(inputs_embeds=tokens, attention_mask=mask, use_cache=False).last_hidden_state
         state_hidden = hidden.reshape(batch, k, 3, self.hidden_size)[:, :, 1]
         out = self.action_head(state_hidden.to(self.embed_ln.weight.dtype))
-        if self.bounded:  # .to(): ZeRO-3 places parameters itself and leaves module buffers where they were built
-            out = self.action_center.to(out.device) + self.action_halfwidth.to(out.device) * out
+        if self.bounded:
+            out = self.action_center + self.action_halfwidth * out
         return out
 
     @functools.cached_property
