@@ -21,6 +21,10 @@ from typing import Optional
 log = logging.getLogger("lamo_scale")
 
 
+DEVICE_HELP = ("cpu, cuda[:N], or auto: spread a large frozen backbone over every GPU of this node "
+               "(accelerate device_map='auto'), embeddings and heads on the first")
+
+
 def _table(rows: list[dict], columns: list[str]) -> str:
     """A plain fixed-width text table."""
     def fmt(v):
@@ -244,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-envs", type=int, help="episodes run in parallel (default: the recipe's)")
     p.add_argument("--targets", type=float, nargs="+", help="target returns (default: the recipe's)")
     p.add_argument("--seed", type=int, help="seed of the evaluation episodes")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("--bf16", action="store_true", help="act under bfloat16 autocast (default: as the policy was trained)")
     p.add_argument("--no-mlflow", action="store_true", help="print only; log nothing")
 
@@ -254,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="evaluate only this run")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--watch", action="store_true", help="keep polling until the runs end and all jobs are done")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("--episodes", type=int, help="episodes per target (default: the recipe's)")
     p.add_argument("--num-envs", type=int, help="episodes run in parallel (default: the recipe's)")
     p.add_argument("--targets", type=float, nargs="+", help="target returns (default: the run's eval.target_returns)")

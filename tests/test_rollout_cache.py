@@ -12,6 +12,7 @@ from lamo_scale import checkpoint as ckpt
 from lamo_scale.config import load_config
 from lamo_scale.data.segments import gather_segments
 from lamo_scale.data.trajectories import load_trajectories, open_dataset
+from lamo_scale.model.placement import place_policy
 from lamo_scale.rollout.evaluate import PolicyCache, evaluate_checkpoint, load_policy
 from lamo_scale.train import train
 
@@ -70,3 +71,25 @@ def test_a_different_backbone_is_built_not_swapped(three_checkpoints):
     cache.load(checkpoints[0], bf16=False)
     cache.load(checkpoints[1], bf16=True)  # another acting precision: no merge, so another build
     assert (cache.builds, cache.swaps) == (2, 0)
+
+
+def _split_device_map(policy) -> dict[str, str]:
+    """One map entry per backbone submodule (blocks, norms, LM head), every one on the CPU."""
+    names = {id(m): n for n, m in policy.lm.named_modules()}
+    parts = list(policy.transformer.children()) + [m for m in policy.causal_lm.children()
+                                                  if m is not policy.transformer]
+    return {names[id(m)]: "cpu" for m in parts}
+
+
+def test_device_auto_dispatches_the_backbone_and_acts_as_one_device(three_checkpoints):
+    checkpoints, windows = three_checkpoints
+    fresh = _actions(load_policy(checkpoints[2])[0], windows)
+    auto, _ = load_policy(checkpoints[2], device="auto")
+    assert set(auto.lm.hf_device_map.values()) == {"cpu"}  # accelerate's device_map="auto", no GPU here
+    torch.testing.assert_close(_actions(auto, windows), fresh, rtol=0, atol=0)
+    # The multi-device path (alignment hooks on every block) run on the CPU: same actions
+    split, _ = load_policy(checkpoints[2])
+    place_policy(split, "auto", device_map=_split_device_map(split), force_hooks=True)
+    assert len(split.lm.hf_device_map) > 3
+    assert all(hasattr(m, "_hf_hook") for m in split.transformer.children())
+    torch.testing.assert_close(_actions(split, windows), fresh, rtol=0, atol=0)

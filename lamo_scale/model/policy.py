@@ -175,7 +175,8 @@ class LaMoPolicy(nn.Module):
         with _positions_skipped(wpe):
             hidden = self.transformer(inputs_embeds=tokens, attention_mask=mask, use_cache=False).last_hidden_state
         state_hidden = hidden.reshape(batch, k, 3, self.hidden_size)[:, :, 1]
-        out = self.action_head(state_hidden.to(self.embed_ln.weight.dtype))
+        # device too: a backbone dispatched over several GPUs (placement.AUTO) ends on the last one
+        out = self.action_head(state_hidden.to(self.embed_ln.weight.device, self.embed_ln.weight.dtype))
         if self.bounded:
             out = self.action_center + self.action_halfwidth * out
         return out

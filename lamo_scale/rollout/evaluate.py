@@ -20,6 +20,7 @@ from lamo_scale import checkpoint as ckpt
 from lamo_scale.config import EvalConfig, from_dict
 from lamo_scale.data.trajectories import StateStats
 from lamo_scale.model import build_policy
+from lamo_scale.model.placement import input_device, place_policy
 from lamo_scale.rollout.acting import ActingSpec, env_steps_per_second, timed_run
 from lamo_scale.tracking import Tracker
 
@@ -53,10 +54,11 @@ def load_policy(checkpoint: ckpt.Checkpoint, device: str = "cpu", bf16: Optional
     """Rebuild the policy a checkpoint was trained with, load its weights (verified), ready to act.
 
     ``bf16`` is the acting precision (``None``: as trained); it decides whether LoRA is merged.
+    ``device="auto"`` spreads the frozen backbone over the node's GPUs (:mod:`lamo_scale.model.placement`).
     """
     policy, cfg = _build_unloaded(checkpoint)
     ckpt.load_trainable(policy, checkpoint.weights(), checkpoint.path)
-    return prepare_for_acting(policy, acts_in_bf16(cfg, bf16)).to(device), cfg
+    return place_policy(prepare_for_acting(policy, acts_in_bf16(cfg, bf16)), device), cfg
 
 
 def _build_unloaded(checkpoint: ckpt.Checkpoint):
@@ -115,7 +117,7 @@ class PolicyCache:
             policy, _ = _build_unloaded(checkpoint)
             ckpt.load_trainable(policy, checkpoint.weights(), checkpoint.path)
             self._merged_bases = _lora_base_copies(policy) if _will_merge(policy, acting_bf16) else {}
-            self._policy, self._key = prepare_for_acting(policy, acting_bf16).to(device), key
+            self._policy, self._key = place_policy(prepare_for_acting(policy, acting_bf16), device), key
             self.builds += 1
             return self._policy, cfg
         policy = self._policy
@@ -171,7 +173,7 @@ def load_actor(checkpoint: ckpt.Checkpoint, device: str = "cpu", bf16: Optional[
     if checkpoint.meta.get("kind") == "baseline":
         from lamo_scale.baselines.policy import load_baseline
 
-        return load_baseline(checkpoint, device)
+        return load_baseline(checkpoint, str(input_device(device)))
     policy, cfg = cache.load(checkpoint, device, bf16) if cache is not None else load_policy(checkpoint, device, bf16)
     return policy.act, cfg.eval, acts_in_bf16(cfg, bf16)
 
@@ -211,6 +213,7 @@ def evaluate_checkpoint(ref: str | Path | ckpt.Checkpoint, episodes: Optional[in
 
     ``bf16=None`` acts in the precision the policy was trained in (bf16 autocast if it was).
     ``cache``: reuse the backbone built for an earlier checkpoint (see :class:`PolicyCache`).
+    ``device``: cpu, cuda[:N], or auto (a large frozen backbone spread over the node's GPUs).
     """
     checkpoint = ref if isinstance(ref, ckpt.Checkpoint) else ckpt.resolve_checkpoint(ref)
     act, eval_cfg, bf16 = load_actor(checkpoint, device, bf16, cache)
@@ -219,7 +222,7 @@ def evaluate_checkpoint(ref: str | Path | ckpt.Checkpoint, episodes: Optional[in
     spec = acting_spec(meta, eval_cfg.max_episode_steps)
     results, seconds = timed_run(act, spec, targets, episodes or eval_cfg.episodes,
                                  num_envs or eval_cfg.num_envs, eval_cfg.seed if seed is None else seed,
-                                 device=device, progress=progress,
+                                 device=input_device(device), progress=progress,
                                  autocast_dtype=torch.bfloat16 if bf16 else None, vector_env=eval_cfg.vector_env)
     summaries = {t: dict(r.summary(meta.get("ref_min_score"), meta.get("ref_max_score")), wall_time_s=seconds)
                  for t, r in results.items()}
