@@ -165,3 +165,40 @@ def test_atari_recipes_are_generated_and_valid():
                  "atari/quickstart-breakout-dt"):
         cfg = load_config(name)
         assert cfg.model.state_encoder == "auto" and cfg.data.rtg_scale == 1
+
+
+def test_acting_encodes_each_frame_once_and_acts_as_on_raw_windows():
+    """Cached per-frame state tokens (the CNN runs once per new frame) give the raw windows' actions."""
+    from lamo_scale.data.trajectories import StateStats
+    from lamo_scale.model import build_policy
+    from lamo_scale.rollout.acting import ActingSpec, EpisodeWindows, frame_encoder
+
+    env = gym.vector.SyncVectorEnv([lambda: gym.make("LaMoBreakout-v0", max_episode_steps=50)] * 2)
+    cfg = resolve_model_io(tiny_cfg(), env.single_observation_space, env.single_action_space, "LaMoBreakout-v0")
+    torch.manual_seed(0)
+    policy, _ = build_policy(cfg, 4 * 84 * 84, 4, None, None, language_loss=False)
+    policy.eval()
+    calls = []
+    policy.embed_state.register_forward_hook(lambda m, args, out: calls.append(args[0][..., 0, 0, 0].numel()))
+    encode = frame_encoder(policy.act)
+    assert encode is not None and frame_encoder(lambda **kw: None) is None
+    spec = ActingSpec("LaMoBreakout-v0", StateStats.identity(), rtg_scale=1.0, context_len=3)
+    obs, _ = env.reset(seed=[3, 4])
+    with torch.inference_mode():
+        raw = EpisodeWindows(spec, obs, np.array([20.0, 5.0]), 50, 4)
+        cached = EpisodeWindows(spec, obs, np.array([20.0, 5.0]), 50, 4,
+                                encode=lambda s: encode(torch.from_numpy(s)))
+        rng = np.random.default_rng(0)
+        for t in range(8):  # past K, so the token ring wraps
+            calls.clear()
+            from_raw = policy.predict_actions(**raw.window(t))
+            from_tokens = policy.predict_actions(**cached.window(t))
+            assert calls == [2 * 3]  # the raw window re-encodes K frames per episode; the cached one nothing
+            torch.testing.assert_close(from_tokens, from_raw, rtol=1e-5, atol=1e-5)
+            action = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 2)]
+            obs, reward, *_ = env.step(action.argmax(-1))
+            calls.clear()
+            raw.record(t, action, obs, reward)
+            cached.record(t, action, obs, reward)
+            assert calls == [2]  # each new frame encoded once
+    env.close()

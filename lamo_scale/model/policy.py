@@ -157,12 +157,27 @@ class LaMoPolicy(nn.Module):
         """The backbone's transformer stack without the LM head (GPT2Model, LlamaModel, ...)."""
         return self.causal_lm.base_model
 
-    def predict_actions(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
-                        timesteps: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Predicted actions ``[B, K, act_dim]`` for segments ``[B, K, ...]`` (discrete: logits; see module doc)."""
-        batch, k = states.shape[:2]
+    @property
+    def image_states(self) -> bool:
+        """Whether states are frames through the CNN encoder (acting then encodes each frame once)."""
+        return self.cfg.state_encoder == "cnn"
+
+    def encode_states(self, states: torch.Tensor) -> torch.Tensor:
+        """State tokens ``[..., hidden]`` (before the LayerNorm) of states ``[..., *state_shape]``; a
+        window's state tokens may be passed to :meth:`predict_actions` instead of its states."""
+        return self.embed_state(states)
+
+    def predict_actions(self, states: torch.Tensor | None, actions: torch.Tensor, returns_to_go: torch.Tensor,
+                        timesteps: torch.Tensor, attention_mask: torch.Tensor,
+                        state_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted actions ``[B, K, act_dim]`` for segments ``[B, K, ...]`` (discrete: logits; see module doc).
+
+        ``state_tokens`` (``[B, K, hidden]``, from :meth:`encode_states`) replace ``states`` when given."""
+        batch, k = actions.shape[:2]
         time = self.embed_timestep(timesteps.clamp(0, self.cfg.max_timestep - 1))
-        tokens = torch.stack([self.embed_return(returns_to_go), self.embed_state(states),
+        if state_tokens is None:
+            state_tokens = self.encode_states(states)
+        tokens = torch.stack([self.embed_return(returns_to_go), state_tokens,
                               self.embed_action(actions)], dim=2)
         tokens = (self.embed_ln(tokens) + time.unsqueeze(2)).reshape(batch, 3 * k, self.hidden_size)
         mask = attention_mask.repeat_interleave(3, dim=1)
@@ -228,10 +243,11 @@ class LaMoPolicy(nn.Module):
         return out
 
     @torch.no_grad()
-    def act(self, states, actions, returns_to_go, timesteps, attention_mask) -> torch.Tensor:
+    def act(self, states, actions, returns_to_go, timesteps, attention_mask, state_tokens=None) -> torch.Tensor:
         """Actions for the last step of each window ``[B, act_dim]`` (rollout entry point); discrete:
-        the one-hot of the arg-max action."""
-        pred = self.predict_actions(states, actions, returns_to_go, timesteps, attention_mask)[:, -1].float()
+        the one-hot of the arg-max action. ``state_tokens``: see :meth:`predict_actions`."""
+        pred = self.predict_actions(states, actions, returns_to_go, timesteps, attention_mask,
+                                    state_tokens)[:, -1].float()
         if self.discrete:
             return nn.functional.one_hot(pred.argmax(-1), self.act_dim).float()
         return pred

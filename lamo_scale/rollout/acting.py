@@ -10,6 +10,7 @@ index and the history keeps the one-hot, as the training data does.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -98,6 +99,17 @@ def run_episodes(act: Callable[..., torch.Tensor], spec: ActingSpec, target_retu
     return results
 
 
+def frame_encoder(act: Callable[..., torch.Tensor]) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """The state encoder of the policy whose ``act`` method this is, when its states are images.
+
+    Acting then encodes each new frame once and passes the window's cached state tokens
+    (``state_tokens``) instead of re-running the CNN over all K frames at every step. Any other
+    ``act`` callable (vector-state policies, baselines) gets None and sees raw windows.
+    """
+    policy = getattr(act, "__self__", None)
+    return policy.encode_states if getattr(policy, "image_states", False) else None
+
+
 class EpisodeWindows:
     """The running history of ``n`` parallel episodes, and the policy's input window at step ``t``.
 
@@ -106,17 +118,28 @@ class EpisodeWindows:
     what training segments hold (tests replay a dataset episode through it). Image states stay
     uint8 frames. Only the last K states are kept (a ring of K slots: 32 Atari episodes of 27,000
     steps of stacked frames would otherwise take 24 GB); actions and returns keep the whole episode.
+    With ``encode`` (see :func:`frame_encoder`) the ring holds each state's token instead, encoded
+    once when the state arrives, and windows carry ``state_tokens`` (padding: the zero state's token,
+    as a training window's zeroed padding is).
     """
 
-    def __init__(self, spec: ActingSpec, first_obs: np.ndarray, targets: np.ndarray, horizon: int, act_dim: int):
+    def __init__(self, spec: ActingSpec, first_obs: np.ndarray, targets: np.ndarray, horizon: int, act_dim: int,
+                 encode: Optional[Callable[[np.ndarray], torch.Tensor]] = None):
         """Start ``len(first_obs)`` episodes conditioned on ``targets`` (unscaled returns)."""
         n = len(first_obs)
-        self.spec, self.k = spec, spec.context_len
+        self.spec, self.k, self.encode = spec, spec.context_len, encode
         first = self._state(first_obs)
-        self.states = np.zeros((n, self.k, *first.shape[1:]), first.dtype)
+        if encode is None:
+            self.states = np.zeros((n, self.k, *first.shape[1:]), first.dtype)
+            self.states[:, 0] = first
+        else:
+            token = encode(first)
+            self.pad_token = encode(np.zeros_like(first[:1]))[0]
+            self.states = np.zeros((n, self.k, 1), np.float32)  # placeholder for window_tensors
+            self.tokens = token.new_zeros((n, self.k, token.shape[-1]))
+            self.tokens[:, 0] = token
         self.actions = np.zeros((n, horizon + 1, act_dim), np.float32)
         self.rtg = np.zeros((n, horizon + 1), np.float32)
-        self.states[:, 0] = first
         self.rtg[:, 0] = np.asarray(targets, np.float32) / spec.rtg_scale
 
     def _state(self, obs: np.ndarray) -> np.ndarray:
@@ -130,12 +153,26 @@ class EpisodeWindows:
         offsets, valid = window_offsets(np.full(n, t), self.k)
         idx = np.clip(t + offsets, 0, None)
         timesteps = np.broadcast_to(idx, (n, self.k))
-        return window_tensors(self.states[:, idx % self.k], self.actions[:, idx], self.rtg[:, idx], timesteps, valid)
+        batch = window_tensors(self.states[:, idx % self.k], self.actions[:, idx], self.rtg[:, idx], timesteps, valid)
+        if self.encode is not None:
+            real = torch.from_numpy(valid).to(self.tokens.device)[..., None]
+            batch["state_tokens"] = torch.where(real, self.tokens[:, idx % self.k], self.pad_token)
+            batch["states"] = None
+        return batch
 
-    def record(self, t: int, action: np.ndarray, next_obs: np.ndarray, reward: np.ndarray) -> None:
-        """Store step ``t``'s action, then the next state and the decremented return-to-go."""
+    def record(self, t: int, action: np.ndarray, next_obs: np.ndarray, reward: np.ndarray,
+               live: Optional[np.ndarray] = None) -> None:
+        """Store step ``t``'s action, then the next state and the decremented return-to-go.
+
+        ``live``: indices of the episodes still running (with ``encode``, only their states are encoded)."""
         self.actions[:, t] = action
-        self.states[:, (t + 1) % self.k] = self._state(next_obs)
+        slot = (t + 1) % self.k
+        if self.encode is None:
+            self.states[:, slot] = self._state(next_obs)
+        else:
+            live = np.arange(len(next_obs)) if live is None else live
+            if len(live):
+                self.tokens[torch.from_numpy(live), slot] = self.encode(self._state(np.asarray(next_obs)[live]))
         self.rtg[:, t + 1] = self.rtg[:, t] - reward / self.spec.rtg_scale
 
 
@@ -147,7 +184,8 @@ def _run_wave(act, envs, spec: ActingSpec, wave, horizon: int, seed: int, device
     seeds = [seed + ep for _, ep in wave] + [seed + 10_000_000 + i for i in range(n - n_active)]
     obs, _ = envs.reset(seed=seeds)
     targets = np.array([t for t, _ in wave] + [0.0] * (n - n_active), np.float32)
-    history = EpisodeWindows(spec, obs, targets, horizon, act_dim)
+    with _acting_mode(device, autocast_dtype):
+        history = EpisodeWindows(spec, obs, targets, horizon, act_dim, _on_device(frame_encoder(act), device))
     returns = np.zeros(n, np.float64)
     lengths = np.zeros(n, np.int64)
     alive = np.arange(n) < n_active
@@ -155,10 +193,9 @@ def _run_wave(act, envs, spec: ActingSpec, wave, horizon: int, seed: int, device
         # Only the episodes still running go through the policy (finished ones and a short
         # wave's filler envs are stepped with zero actions whose rewards are masked below).
         live = np.flatnonzero(alive)
-        batch = {key: v[live].to(device) for key, v in history.window(t).items()}
-        with torch.inference_mode(), torch.autocast(device_type=torch.device(device).type,
-                                                    dtype=autocast_dtype or torch.bfloat16,
-                                                    enabled=autocast_dtype is not None):
+        with _acting_mode(device, autocast_dtype):
+            batch = {key: None if v is None else v[torch.from_numpy(live).to(v.device)].to(device)
+                     for key, v in history.window(t).items()}
             action = np.zeros((n, act_dim), np.float32)
             action[live] = act(**batch).float().cpu().numpy().reshape(len(live), act_dim)
         if discrete:  # one-hot -> index (finished envs' zero rows step action 0; their rewards are masked)
@@ -170,11 +207,28 @@ def _run_wave(act, envs, spec: ActingSpec, wave, horizon: int, seed: int, device
         returns += reward
         lengths += alive
         done = terminated | truncated
-        history.record(t, action, obs, reward)
         alive &= ~done
+        with _acting_mode(device, autocast_dtype):
+            history.record(t, action, obs, reward, live=np.flatnonzero(alive))
         if not alive.any():
             break
     return returns[:n_active].tolist(), lengths[:n_active].tolist()
+
+
+@contextlib.contextmanager
+def _acting_mode(device, autocast_dtype):
+    """No autograd, and bf16 autocast where acting asks for it (the policy's forward and its encoder alike)."""
+    with torch.inference_mode(), torch.autocast(device_type=torch.device(device).type,
+                                                dtype=autocast_dtype or torch.bfloat16,
+                                                enabled=autocast_dtype is not None):
+        yield
+
+
+def _on_device(encode, device):
+    """``encode`` taking numpy states (moved to ``device``), or None."""
+    if encode is None:
+        return None
+    return lambda states: encode(torch.from_numpy(np.ascontiguousarray(states)).to(device))
 
 
 def env_steps_per_second(results: dict[float, EpisodeStats], seconds: float) -> float:
