@@ -116,6 +116,10 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/lamo_bench_large", help="run dirs and the MLflow store")
     ap.add_argument("--modes", default="single,zero3_offload",
                     help="single, and 2-rank modes named by their ds_configs/accelerate_deepspeed_<mode>.yaml (zero3, zero3_offload)")
+    ap.add_argument("--layers", type=int, default=GPT2_XL["layers"],
+                    help="blocks of the made backbone (GPT-2-XL width; fewer to bisect memory at a smaller size)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra recipe overrides for every contender (e.g. loss.language_weight=0)")
     ap.add_argument("--timeout", type=int, default=3000)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
@@ -129,7 +133,7 @@ def main() -> None:
         from lamo_scale.model.sharded import write_random_backbone
 
         t = time.perf_counter()
-        write_random_backbone(backbone, **GPT2_XL, max_shard_size="2GB")
+        write_random_backbone(backbone, **dict(GPT2_XL, layers=args.layers), max_shard_size="2GB")
         print(f"wrote a random-init GPT-2-XL-shaped checkpoint to {backbone} in {time.perf_counter() - t:.0f} s")
     from lamo_scale.model.sharded import SafetensorsDir
 
@@ -150,7 +154,7 @@ def main() -> None:
                      "-m", "lamo_scale.train"])
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), TQDM_DISABLE="1")
         name = f"{mode}-{int(time.time())}"
-        code, wall, peaks, tail = run_watched(launcher + overrides(str(backbone), work, uri, name, threads), env)
+        code, wall, peaks, tail = run_watched(launcher + overrides(str(backbone), work, uri, name, threads) + args.set, env)
         if code != 0:
             print(f"[{mode}] FAILED (exit {code}) after {wall:.0f} s:\n{tail}", flush=True)
             continue
