@@ -237,12 +237,15 @@ def flops(with_lm: bool, k: int, batch: int, n: int, head: int, lm_forward_only:
     return f
 
 
-def build_lamo_side(backbone: Path, batch: dict, text: torch.Tensor, k: int, seed: int) -> list:
-    """The four lamo_scale contenders (λ 0.1 / 0, fp32 / bf16) on one policy from the paper recipe."""
+def build_lamo_side(backbone: Path, batch: dict, text: torch.Tensor, k: int, seed: int,
+                    extra: tuple[str, ...] = ()) -> list:
+    """The four lamo_scale contenders (λ 0.1 / 0, fp32 / bf16) on one policy from the paper recipe
+    (``extra``: further recipe overrides)."""
     from lamo_scale.config import load_config
     from lamo_scale.model.policy import build_policy
 
-    cfg = load_config("paper/hopper-medium-r1-lamo", [f"model.backbone={backbone}", "model.pretrained=false"])
+    cfg = load_config("paper/hopper-medium-r1-lamo",
+                      [f"model.backbone={backbone}", "model.pretrained=false", *extra])
     policy, _ = build_policy(cfg.model, bts.STATE_DIM, bts.ACT_DIM, -np.ones(bts.ACT_DIM), np.ones(bts.ACT_DIM),
                              seed=seed)
     weight = float(cfg.loss.language_weight) or 0.1

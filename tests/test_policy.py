@@ -258,3 +258,21 @@ def test_move_buffers_places_the_action_bounds_where_deepspeed_put_the_parameter
     assert policy.action_center.device.type == policy.action_halfwidth.device.type == "meta"
     assert all(b.device.type == "meta" for b in policy.buffers())
     assert move_buffers(policy, "meta") == 0
+
+
+def test_attention_dropout_switch_sets_only_the_attention_probabilities():
+    policy, _, _ = make("model.attention_dropout=0")
+    modules = dict(policy.lm.named_modules())
+    attention = [m for n, m in modules.items() if n.endswith("attn_dropout")]
+    rest = [m for n, m in modules.items() if isinstance(m, torch.nn.Dropout) and not n.endswith("attn_dropout")
+            and "lora" not in n]
+    assert attention and all(m.p == 0.0 for m in attention)
+    assert rest and all(m.p == 0.1 for m in rest)  # GPT-2's residual and embedding dropout kept
+    assert policy.causal_lm.config.attn_pdrop == 0.0 and policy.causal_lm.config.resid_pdrop == 0.1
+    llama, _, _ = make("model.backbone=tiny-llama", "model.attention_dropout=0.2")
+    rates = [m.attention_dropout for m in llama.modules() if isinstance(getattr(m, "attention_dropout", None), float)]
+    assert rates and set(rates) == {0.2}
+    from lamo_scale.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.attention_dropout"):
+        make("model.attention_dropout=1.5")

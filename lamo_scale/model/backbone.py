@@ -103,6 +103,22 @@ def set_dropout(lm: PreTrainedModel, p: float) -> None:
                 setattr(module, attr, p)
 
 
+ATTENTION_DROPOUT_KEYS = ("attn_pdrop", "attention_dropout", "attention_probs_dropout_prob")
+
+
+def set_attention_dropout(lm: PreTrainedModel, p: float) -> None:
+    """Set only the attention-probability dropout inside ``lm`` (GPT-2's ``attn_dropout`` modules and
+    ``attn_pdrop``, Llama-family ``attention_dropout``), leaving residual/embedding dropout as they are."""
+    for key in ATTENTION_DROPOUT_KEYS:
+        if isinstance(getattr(lm.config, key, None), float):
+            setattr(lm.config, key, p)
+    for name, module in lm.named_modules():
+        if isinstance(module, torch.nn.Dropout) and name.rsplit(".", 1)[-1] == "attn_dropout":
+            module.p = p
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = p
+
+
 def fuse_activations(lm: torch.nn.Module) -> int:
     """Swap GPT-2's Python ``gelu_new`` (six elementwise ops) for torch's fused tanh-GELU.
 
@@ -141,6 +157,8 @@ def load_backbone(cfg: ModelConfig, seed: int = 0, sharding=None):
     fuse_activations(lm)
     if cfg.backbone_dropout is not None:
         set_dropout(lm, cfg.backbone_dropout)
+    if cfg.attention_dropout is not None:
+        set_attention_dropout(lm, cfg.attention_dropout)
     return lm, tokenizer
 
 
