@@ -133,9 +133,13 @@ def test_sharded_load_trains_like_one_process_and_saves_a_complete_checkpoint(mo
     assert sharded.meta["frozen_fingerprint"] == one.meta["frozen_fingerprint"]
     ws, w1 = sharded.weights(), one.weights()
     assert set(ws) == set(w1) and any("lora_B" in k for k in ws)
+    # Adam normalises each gradient element, so where an element's gradient nearly cancels, float
+    # summation order across ranks moves its update by a fraction of the step (lr 1e-3): measured
+    # 4.6e-6 on one of 8,192 LoRA elements for one text. A wrong or missing shard is off by the
+    # weights' own size (~1e-2), so 1 % of one step (1e-5) still tells the two apart.
     for name in w1:
         assert ws[name].shape == w1[name].shape and ws[name].numel() > 0, name
-        np.testing.assert_allclose(ws[name].numpy(), w1[name].numpy(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(ws[name].numpy(), w1[name].numpy(), rtol=1e-4, atol=1e-2 * 1e-3)
     policy_s, _ = load_policy(sharded)  # one process, no launcher
     policy_1, _ = load_policy(one)
     g = torch.Generator().manual_seed(0)
