@@ -59,8 +59,9 @@ def return_freed_memory_to_os() -> bool:
     glibc raises its mmap threshold to the size of every mmapped block freed (up to 32 MiB), so
     once ZeRO-3 (or FSDP) has released a gathered parameter, later tensors of that size come from
     the heap, which is not trimmed: a rank's RSS then grows towards the whole gathered model.
-    Measured at 2 gloo ranks on a 0.45 B GPT-2-XL-width backbone: 4.9 GiB peak per rank without
-    this, 3.0 with it (bench/README.md). Returns whether it was set (False off glibc).
+    Measured at 2 gloo ranks on a 0.45 B GPT-2-XL-width backbone, λ 0: 4.1 GiB peak per rank without
+    this, 3.4 with it, 2.2 with :func:`fill_zero_auto`'s limits as well (bench/README.md). Returns
+    whether it was set (False off glibc).
     """
     import ctypes
 

@@ -89,34 +89,25 @@ def _load_error(name: str, err: Exception) -> BackboneError:
         + ("\nHF_HUB_OFFLINE is set: hub ids resolve only from the local cache." if offline else ""))
 
 
-def set_dropout(lm: PreTrainedModel, p: float) -> None:
-    """Set every dropout inside ``lm``: nn.Dropout modules and config fields read functionally."""
-    for module in lm.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = p
-    for key in list(vars(lm.config)):
-        if key.endswith(("_pdrop", "_dropout")) and isinstance(getattr(lm.config, key), float):
-            setattr(lm.config, key, p)
-    for module in lm.modules():  # attention modules that copied the config value at init
-        for attr in ("attention_dropout", "dropout"):
-            if isinstance(getattr(module, attr, None), float):
-                setattr(module, attr, p)
-
-
 ATTENTION_DROPOUT_KEYS = ("attn_pdrop", "attention_dropout", "attention_probs_dropout_prob")
 
 
-def set_attention_dropout(lm: PreTrainedModel, p: float) -> None:
-    """Set only the attention-probability dropout inside ``lm`` (GPT-2's ``attn_dropout`` modules and
-    ``attn_pdrop``, Llama-family ``attention_dropout``), leaving residual/embedding dropout as they are."""
-    for key in ATTENTION_DROPOUT_KEYS:
-        if isinstance(getattr(lm.config, key, None), float):
+def set_dropout(lm: PreTrainedModel, p: float, attention_only: bool = False) -> None:
+    """Set the dropout inside ``lm``: nn.Dropout modules, config fields read functionally, and the
+    rates attention modules copied from the config at init. ``attention_only``: only the
+    attention-probability dropout (GPT-2's ``attn_dropout`` modules and ``attn_pdrop``, Llama-family
+    ``attention_dropout``), residual and embedding dropout left as they are."""
+    for key in list(vars(lm.config)):
+        chosen = key in ATTENTION_DROPOUT_KEYS if attention_only else key.endswith(("_pdrop", "_dropout"))
+        if chosen and isinstance(getattr(lm.config, key), float):
             setattr(lm.config, key, p)
+    attrs = ("attention_dropout",) if attention_only else ("attention_dropout", "dropout")
     for name, module in lm.named_modules():
-        if isinstance(module, torch.nn.Dropout) and name.rsplit(".", 1)[-1] == "attn_dropout":
+        if isinstance(module, torch.nn.Dropout) and (not attention_only or name.rsplit(".", 1)[-1] == "attn_dropout"):
             module.p = p
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = p
+        for attr in attrs:
+            if isinstance(getattr(module, attr, None), float):
+                setattr(module, attr, p)
 
 
 def fuse_activations(lm: torch.nn.Module) -> int:
@@ -158,7 +149,7 @@ def load_backbone(cfg: ModelConfig, seed: int = 0, sharding=None):
     if cfg.backbone_dropout is not None:
         set_dropout(lm, cfg.backbone_dropout)
     if cfg.attention_dropout is not None:
-        set_attention_dropout(lm, cfg.attention_dropout)
+        set_dropout(lm, cfg.attention_dropout, attention_only=True)
     return lm, tokenizer
 
 
