@@ -68,13 +68,15 @@ def main(out: str, backbone: str, *extra: str) -> None:
     dist.finish_sharded_load(accelerator, policy)
     hwm = status_kb("VmHWM")
     local = local_backbone_bytes(accelerator.unwrap_model(policy))
+    units = sorted(name for name, m in accelerator.unwrap_model(policy).named_modules()
+                   if type(m).__name__.startswith("FSDP"))
     policy.eval()
     with torch.no_grad():
         actions = policy(**fixed_batch())  # forward through the engine / FSDP hooks (collective)
     weights = dist.gather_trainable(accelerator, policy)
     rec = {"rank": accelerator.process_index, "world": accelerator.num_processes, "rss_before_kb": rss0,
            "build_peak_rise_kb": build_hwm - rss0, "peak_rise_kb": hwm - rss0, "bytes_read": sharded.BYTES_READ[0], "local_backbone_bytes": local, "fingerprint": fingerprint,
-           "trainable": trainable_n, "total": total_n, "loss": float(actions["loss"]),
+           "trainable": trainable_n, "total": total_n, "fsdp_units": units, "loss": float(actions["loss"]),
            "gathered": {k: list(v.shape) for k, v in weights.items()}}
     Path(out, f"rank-{accelerator.process_index}.json").write_text(json.dumps(rec))
     accelerator.wait_for_everyone()

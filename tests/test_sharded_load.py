@@ -85,6 +85,12 @@ def test_each_rank_reads_and_holds_only_its_shard(mode, big_backbone, tmp_path):
         # ...and what it holds is the checkpoint: same weights, same outputs as one process
         assert rec["fingerprint"] == ref["fingerprint"]
         assert rec["loss"] == pytest.approx(ref["loss"], rel=1e-6, abs=1e-9)
+        if mode == "fsdp":
+            # the untied token embedding and the LM head are FSDP units of their own (not in the
+            # root unit, which is gathered at every forward and held through the step)
+            units = rec["fsdp_units"]
+            assert any(u.endswith("model.embed_tokens") for u in units), units
+            assert any(u.endswith("lm_head") for u in units), units
         if rec["rank"] == 0:
             assert sorted(rec["gathered"]) == ref["trainable"]
         else:

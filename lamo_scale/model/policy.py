@@ -142,6 +142,20 @@ class LaMoPolicy(nn.Module):
         self.register_buffer("action_halfwidth", torch.from_numpy((high - low) / 2), persistent=False)
         self.bounded = bounded
 
+    # accelerate's FSDP2 preparation carves the LM's input embedding and its tail (final norm +
+    # LM head) into FSDP units of their own, looking for them through these three names. Without
+    # them the untied embedding and head of a Llama sat in the root unit, all-gathered at every
+    # forward and held through the step although RL tokens never touch them (bench/README.md).
+    base_model_prefix = "transformer"
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The backbone's token-embedding table (used only by the language loss)."""
+        return self.causal_lm.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        """The backbone's LM head (used only by the language loss)."""
+        return self.causal_lm.get_output_embeddings()
+
     @property
     def causal_lm(self) -> nn.Module:
         """The ``*ForCausalLM`` module (inside the peft wrapper when LoRA is on)."""
