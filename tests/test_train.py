@@ -36,7 +36,7 @@ def make_cfg(tmp_path, dataset, text, *extra):
 def straight_run(tmp_path_factory, reacher_dataset):
     tmp = tmp_path_factory.mktemp("straight")
     from conftest import english_text_file
-    text = english_text_file(tmp)  # without ../shared the repo's sources (was: a directory with no text files)
+    text = english_text_file(tmp)  # without ../shared a fixed English text committed with the tests
     cfg = make_cfg(tmp, reacher_dataset, text, "tracking.run_name=straight")
     return tmp, text, cfg, train(cfg)
 
