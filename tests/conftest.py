@@ -1,6 +1,7 @@
 """Shared fixtures: offline environment, a session Minari store with a real Reacher2d dataset."""
 from __future__ import annotations
 
+import gzip
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -15,7 +16,7 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 WIKITEXT_VALID = SHARED / "corpus" / "wikitext-103" / "wiki.valid.tokens"
-FIXED_ENGLISH_TEXT = Path(__file__).resolve().parent / "data" / "english_text.txt"
+FIXED_ENGLISH_TEXT = Path(__file__).resolve().parent / "data" / "english_text.txt.gz"
 
 TINY = ["model.backbone=tiny-gpt2", "model.pretrained=false", "model.tiny_layers=2", "model.tiny_width=32",
         "model.tiny_heads=2", "model.max_timestep=128"]
@@ -45,15 +46,16 @@ def reacher_dataset(minari_store) -> str:
 
 
 def english_text_file(directory: Path) -> str:
-    """A real English text file: WikiText-103 valid when ../shared has it, else a fixed English text
-    committed with the tests (this project's docs as of 2026-12-04), copied to ``directory``.
+    """A real text file: WikiText-103 valid when ../shared has it, else a fixed text committed
+    with the tests (this project's docs and sources as of 2026-12-05, 0.6 MB: enough 64 KiB shards
+    for 2 ranks x 2 text lanes), decompressed into ``directory``.
 
     Fixed, not read from the live sources: a fallback that changed with every commit moved
     tolerance-bound numbers in the tests that train on it."""
     if WIKITEXT_VALID.exists():
         return str(WIKITEXT_VALID)
     path = Path(directory) / "text.txt"
-    path.write_text(FIXED_ENGLISH_TEXT.read_text())
+    path.write_bytes(gzip.decompress(FIXED_ENGLISH_TEXT.read_bytes()))
     return str(path)
 
 
