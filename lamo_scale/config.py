@@ -72,12 +72,15 @@ class ModelConfig:
     """Set every dropout probability inside the backbone to this (null keeps the model's own)."""
     attention_dropout: Optional[float] = None
     """Set only the attention-probability dropout inside the backbone (GPT-2's attn_pdrop; applied
-    after backbone_dropout; null keeps it). Any non-zero rate sends CPU attention down SDPA's math
-    path (a bernoulli mask over [B, H, T, T]); 0 runs the fused kernel: GPT-2-small co-training step
-    1.75x faster (bench/profile_cotrain_step.py). The paper's GPT-2 keeps 0.1; effect on returns not
-    measured yet, so recipes keep the model's own."""
+    after backbone_dropout; null keeps it). Under plain sdpa any non-zero rate sends CPU attention
+    down SDPA's math path (a bernoulli mask over [B, H, T, T]); attn_implementation=blocked_sdpa
+    computes the same distribution in causal query blocks instead (bench/profile_cotrain_step.py).
+    The paper's GPT-2 keeps 0.1, so recipes keep the model's own."""
     attn_implementation: Optional[str] = None
-    """Backbone attention kernel (eager, sdpa); null keeps the transformers default."""
+    """Backbone attention kernel: eager, sdpa, or blocked_sdpa (lamo_scale/model/attention.py: SDPA,
+    except CPU training with attention dropout runs causal attention in blocks of 128 queries
+    against the visible keys only; same distribution, ~3.5x faster per GPT-2 layer at T = 1,024);
+    null keeps the transformers default (sdpa)."""
     gradient_checkpointing: bool = False
     """Recompute backbone activations in backward: less memory, more time."""
     dtype: Literal["float32", "bfloat16"] = "float32"

@@ -14,6 +14,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2C
                           GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel)
 
 from lamo_scale.config import ModelConfig
+from lamo_scale.model import attention  # noqa: F401  (registers model.attn_implementation=blocked_sdpa)
 from lamo_scale.model.tokenizer import ByteTokenizer
 
 log = logging.getLogger(__name__)
