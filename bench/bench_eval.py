@@ -18,7 +18,15 @@ Contenders, timed *interleaved* (one run of each in turn, order rotated every re
 - ``env only``    the env stepped with random actions (the floor the policy sits on).
 
 Rate = environment steps / wall seconds (median over repeats); the speed-up is each
-contender's rate over the sequential loop's rate at the same size and precision. GPT-2-small
+contender's rate over the sequential loop's rate at the same size and precision.
+
+Limits (printed per size and precision, issue 12): every env-step forwards a full 3·K-token
+window, ``window FLOP = 2·N·3K + 4·L·d·(3K)²`` (N = transformer-block weights, LoRA and the small
+embedding/head MLPs left out), so the **compute limit** is the 2048² matmul rate of that dtype,
+measured in the same run with the same threads, divided by the window FLOP; the **env limit** is
+the env-only rate; acting does both in turn, so the **combined limit** is
+``1 / (1 / compute + 1 / env)``. Each batched contender's "of limit" is its rate over the combined
+limit. GPT-2-small
 steps cost ~0.1 s per forward on 2 CPU cores, so ``--horizon-small`` (default 10) caps its
 episodes (every step still uses a full K=20 window: the cost per step does not depend on t).
 """
@@ -118,6 +126,18 @@ def env_only(steps: int, seed: int) -> int:
     return steps
 
 
+def acting_limits(policy, size: str, precision: str, k: int, env_rate: float) -> dict:
+    """Compute, env and combined upper bounds on env-steps/s (module docstring)."""
+    layers, width, _ = SIZES[size]
+    n = sum(p.numel() for name, p in policy.transformer.h.named_parameters() if "lora_" not in name)
+    tokens = 3 * k
+    window = 2 * n * tokens + 4 * layers * width * tokens ** 2
+    peak = _common.matmul_peak("bfloat16" if precision == "bf16" else "float32")
+    compute = peak / window
+    return {"window_gflop": window / 1e9, "peak_gflops": peak / 1e9, "compute": compute, "env": env_rate,
+            "combined": 1.0 / (1.0 / compute + 1.0 / env_rate)}
+
+
 def run_config(size: str, precision: str, args) -> list[dict]:
     from lamo_scale.data.trajectories import StateStats
     from lamo_scale.rollout.acting import ActingSpec, make_eval_env, run_episodes
@@ -168,6 +188,11 @@ def run_config(size: str, precision: str, args) -> list[dict]:
         print(f"  [{size}/{precision}] repeat {r + 1}/{reps}: "
               + ", ".join(f"{n} {steps[n] / times[n][-1]:.1f}/s" for n in names), flush=True)
     seq_rate = _common.median([steps[names[0]] / t for t in times[names[0]]])
+    limits = acting_limits(policy, size, precision, args.context_len,
+                           _common.median([steps[names[-1]] / t for t in times[names[-1]]]))
+    print(f"  [{size}/{precision}] window {limits['window_gflop']:.3f} GFLOP, matmul peak "
+          f"{limits['peak_gflops']:.0f} GFLOP/s: compute limit {limits['compute']:.1f}, env limit "
+          f"{limits['env']:.0f}, combined {limits['combined']:.1f} env-steps/s", flush=True)
     rows = []
     for name in names:
         rates = [steps[name] / t for t in times[name]]
@@ -175,6 +200,9 @@ def run_config(size: str, precision: str, args) -> list[dict]:
         rows.append({"size": size, "precision": precision, "contender": name, "env_steps": steps[name],
                      "horizon": horizon, "env_steps_per_s": rate, "ms_per_env_step": 1000.0 / rate,
                      "speedup_vs_sequential": None if name.startswith("env only") else rate / seq_rate,
+                     "combined_limit": limits["combined"],
+                     "of_limit": rate / limits["combined"] if name.startswith("batched") else None,
+                     "limits": limits,
                      "rates": rates, "first_episode_return": first_return[name]})
     return rows
 
@@ -219,6 +247,7 @@ def main(argv=None) -> None:
                                ("horizon", "horizon"), ("env_steps", "steps/run"),
                                ("env_steps_per_s", "env-steps/s"), ("ms_per_env_step", "ms/env-step"),
                                ("speedup_vs_sequential", "x vs sequential"),
+                               ("combined_limit", "limit /s"), ("of_limit", "of limit"),
                                ("first_episode_return", "ep0 return")]))
     _common.save_json(args.out, {"machine": info, "args": vars(args), "rows": rows})
 

@@ -18,6 +18,7 @@ sequences) are divided by the bf16 2048² matmul rate measured in the same run.
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import statistics
 import subprocess
@@ -31,26 +32,26 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import _common  # noqa: E402
 
-TEXT = ROOT / "tests" / "data" / "english_text.txt"
+TEXT_GZ = ROOT / "tests" / "data" / "english_text.txt.gz"  # the tests' fixed English text
 K, BATCH, TEXT_TOKENS = 5, 16, 128
 
 
-def settings(tmp: Path, name: str, steps: int, threads: int) -> list[str]:
+def settings(tmp: Path, name: str, steps: int, threads: int, extra: tuple[str, ...] = ()) -> list[str]:
     """The quickstart's settings, spelled out so both trees train the same thing."""
     return ["--config", "quickstart", "model.backbone=smollm2-135m", "model.dtype=bfloat16",
             "model.attn_implementation=eager", "model.lora.rank=16", "model.lora.dropout=0.0",
             "data.dataset=lamo/reacher2d/medium-v1", f"data.context_len={K}", "data.rtg_scale=10",
-            f"text.source={TEXT}", f"text.block_size={TEXT_TOKENS}", "text.batch_size=1",
+            f"text.source={tmp / 'english_text.txt'}", f"text.block_size={TEXT_TOKENS}", "text.batch_size=1",
             "loss.language_weight=0.1", f"train.steps={steps}", f"train.batch_size={BATCH}",
             "train.mixed_precision=bf16", "train.warmup_steps=5", f"train.checkpoint_every={10 * steps}",
             f"train.log_every={steps}", f"train.threads={threads}", f"train.output_dir={tmp}/runs/{name}-{steps}",
-            f"tracking.uri=sqlite:///{tmp}/{name}.db", f"tracking.run_name={name}-{steps}-{time.time_ns()}"]
+            f"tracking.uri=sqlite:///{tmp}/{name}.db", f"tracking.run_name={name}-{steps}-{time.time_ns()}", *extra]
 
 
-def timed_run(tree: Path, tmp: Path, name: str, steps: int, threads: int) -> float:
-    """Wall seconds of one training run from ``tree``'s sources."""
+def timed_run(tree: Path, tmp: Path, name: str, steps: int, threads: int, extra: tuple[str, ...] = ()) -> float:
+    """Wall seconds of one training run from ``tree``'s sources (``extra``: further overrides)."""
     env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS=str(threads))
-    cmd = [sys.executable, "-m", "lamo_scale.cli", "train", *settings(tmp, name, steps, threads)]
+    cmd = [sys.executable, "-m", "lamo_scale.cli", "train", *settings(tmp, name, steps, threads, extra)]
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
@@ -80,6 +81,9 @@ def main() -> None:
     parser.add_argument("--steps", default="10,40", help="short,long run lengths")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variant", action="append", default=[], metavar="OVERRIDE",
+                        help="add a third contender: today's tree with these overrides (repeatable), "
+                             "e.g. --variant train.compile=true")
     parser.add_argument("--out", help="write the raw numbers as JSON here")
     args = parser.parse_args()
     _common.offline_env()
@@ -92,17 +96,21 @@ def main() -> None:
     peaks = [_common.matmul_peak("bfloat16")]
     with tempfile.TemporaryDirectory(prefix="qs-step-") as tmpdir:
         tmp = Path(tmpdir)
+        (tmp / "english_text.txt").write_bytes(gzip.decompress(TEXT_GZ.read_bytes()))
         base_tree = tmp / "baseline"
         subprocess.run(["git", "worktree", "add", "--detach", str(base_tree), args.baseline_rev], cwd=ROOT,
                        check=True, capture_output=True)
-        trees = {"today": ROOT, f"baseline {args.baseline_rev}": base_tree}
+        trees = {"today": (ROOT, ()), f"baseline {args.baseline_rev}": (base_tree, ())}
+        if args.variant:
+            trees["today + " + " ".join(args.variant)] = (ROOT, tuple(args.variant))
         try:
             walls: dict[str, dict[int, list[float]]] = {n: {short: [], long: []} for n in trees}
             for rep in range(args.repeats):
                 order = list(trees) if rep % 2 == 0 else list(reversed(trees))
                 for steps in (short, long):
                     for name in order:
-                        wall = timed_run(trees[name], tmp, name.split()[0], steps, args.threads)
+                        tree, extra = trees[name]
+                        wall = timed_run(tree, tmp, name.split()[0] + str(len(extra)), steps, args.threads, extra)
                         walls[name][steps].append(wall)
                         print(f"repeat {rep}: {name:20s} {steps:3d} steps {wall:6.1f} s", flush=True)
                 peaks.append(_common.matmul_peak("bfloat16"))

@@ -24,7 +24,9 @@ lamo_scale side: ``lamo_scale.model.policy.build_policy`` with the model section
 recipe ``paper/hopper-medium-r1-lamo`` on a random-init GPT-2-small directory written to a
 temp dir (config.json + a placeholder tokenizer: the bench feeds token ids directly), timed
 with ``bench_train_step.Contender`` (forward, backward, clip 0.25, AdamW). λ 0.1 with a
-2 x 1024 text batch and λ 0 (no text, no LM forward), fp32 and bf16 autocast.
+2 x 1024 text batch and λ 0 (no text, no LM forward), fp32, and bf16 as a bf16 recipe runs it
+(frozen base stored in bf16, ``model.dtype=bfloat16``; LoRA and heads fp32; bf16 autocast). The
+recipe's ``model.attn_implementation=blocked_sdpa`` applies (``--attn sdpa`` for the old path).
 
 Data: both sides get the *same* synthetic Hopper-shaped batch (state 11, action 3, batch 64,
 K 20, a quarter left-padded; ``bench_train_step.make_batch``) and the same random 2 x 1024 token
@@ -239,21 +241,24 @@ def flops(with_lm: bool, k: int, batch: int, n: int, head: int, lm_forward_only:
 
 def build_lamo_side(backbone: Path, batch: dict, text: torch.Tensor, k: int, seed: int,
                     extra: tuple[str, ...] = ()) -> list:
-    """The four lamo_scale contenders (λ 0.1 / 0, fp32 / bf16) on one policy from the paper recipe
-    (``extra``: further recipe overrides)."""
+    """The four lamo_scale contenders (λ 0.1 / 0, fp32 / bf16) from the paper recipe, one policy per
+    precision (``extra``: further recipe overrides)."""
     from lamo_scale.config import load_config
     from lamo_scale.model.policy import build_policy
 
-    cfg = load_config("paper/hopper-medium-r1-lamo",
-                      [f"model.backbone={backbone}", "model.pretrained=false", *extra])
-    policy, _ = build_policy(cfg.model, bts.STATE_DIM, bts.ACT_DIM, -np.ones(bts.ACT_DIM), np.ones(bts.ACT_DIM),
-                             seed=seed)
-    weight = float(cfg.loss.language_weight) or 0.1
-    n = bts.block_params(policy.transformer.h)
-    head = policy.causal_lm.get_output_embeddings().weight.numel()
-    trainable, total = policy.parameter_counts()
     out = []
     for precision in ("fp32", "bf16"):
+        # bf16 as the product runs it: the frozen base stored in bf16 (model.dtype), trainable
+        # weights in fp32, the step under bf16 autocast (Contender).
+        dtype = "bfloat16" if precision == "bf16" else "float32"
+        cfg = load_config("paper/hopper-medium-r1-lamo",
+                          [f"model.backbone={backbone}", "model.pretrained=false", f"model.dtype={dtype}", *extra])
+        policy, _ = build_policy(cfg.model, bts.STATE_DIM, bts.ACT_DIM, -np.ones(bts.ACT_DIM), np.ones(bts.ACT_DIM),
+                                 seed=seed)
+        weight = float(cfg.loss.language_weight) or 0.1
+        n = bts.block_params(policy.transformer.h)
+        head = policy.causal_lm.get_output_embeddings().weight.numel()
+        trainable, total = policy.parameter_counts()
         for with_lm in (True, False):
             def loss_fn(with_lm=with_lm):
                 return policy(**batch, text_ids=text if with_lm else None,
@@ -304,6 +309,7 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--context-len", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--attn", default=None, help="override the recipe's model.attn_implementation (e.g. sdpa)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -317,7 +323,8 @@ def main(argv=None) -> None:
     text = torch.randint(0, VOCAB, TEXT_SHAPE, generator=torch.Generator().manual_seed(args.seed + 7))
     torch.save({"batch": batch, "text": text}, tmp / "data.pt")
     peaks = {d: _common.matmul_peak(d) for d in ("float32", "bfloat16")}
-    lamo, n, head, _ = build_lamo_side(gpt2_small_dir(tmp), batch, text, args.context_len, args.seed)
+    extra = (f"model.attn_implementation={args.attn}",) if args.attn else ()
+    lamo, n, head, _ = build_lamo_side(gpt2_small_dir(tmp), batch, text, args.context_len, args.seed, extra)
     off_lm = OfficialStep(py, code, tmp / "data.pt", args.threads, True, "official λ0.1")
     off_0 = OfficialStep(py, code, tmp / "data.pt", args.threads, False, "official λ0 (LM fwd runs)")
     off_0.share(off_lm)
