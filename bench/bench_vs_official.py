@@ -260,7 +260,7 @@ def build_lamo_side(backbone: Path, batch: dict, text: torch.Tensor, k: int, see
         head = policy.causal_lm.get_output_embeddings().weight.numel()
         trainable, total = policy.parameter_counts()
         for with_lm in (True, False):
-            def loss_fn(with_lm=with_lm):
+            def loss_fn(with_lm=with_lm, policy=policy, weight=weight):
                 return policy(**batch, text_ids=text if with_lm else None,
                               language_weight=weight if with_lm else 0.0)["loss"]
             c = bts.Contender("lamo_scale λ0.1" if with_lm else "lamo_scale λ0", precision, policy, loss_fn,
