@@ -40,6 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
+import bench_train_step as bts  # noqa: E402
 
 _common.offline_env()
 
@@ -129,7 +130,7 @@ def env_only(steps: int, seed: int) -> int:
 def acting_limits(policy, size: str, precision: str, k: int, env_rate: float) -> dict:
     """Compute, env and combined upper bounds on env-steps/s (module docstring)."""
     layers, width, _ = SIZES[size]
-    n = sum(p.numel() for name, p in policy.transformer.h.named_parameters() if "lora_" not in name)
+    n = bts.block_params(policy.transformer.h)
     tokens = 3 * k
     window = 2 * n * tokens + 4 * layers * width * tokens ** 2
     peak = _common.matmul_peak("bfloat16" if precision == "bf16" else "float32")

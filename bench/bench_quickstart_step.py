@@ -100,17 +100,18 @@ def main() -> None:
         base_tree = tmp / "baseline"
         subprocess.run(["git", "worktree", "add", "--detach", str(base_tree), args.baseline_rev], cwd=ROOT,
                        check=True, capture_output=True)
-        trees = {"today": (ROOT, ()), f"baseline {args.baseline_rev}": (base_tree, ())}
+        # display name -> (source tree, extra overrides, slug for its run dirs and MLflow store)
+        trees = {"today": (ROOT, (), "today"), f"baseline {args.baseline_rev}": (base_tree, (), "baseline")}
         if args.variant:
-            trees["today + " + " ".join(args.variant)] = (ROOT, tuple(args.variant))
+            trees["today + " + " ".join(args.variant)] = (ROOT, tuple(args.variant), "variant")
         try:
             walls: dict[str, dict[int, list[float]]] = {n: {short: [], long: []} for n in trees}
             for rep in range(args.repeats):
                 order = list(trees) if rep % 2 == 0 else list(reversed(trees))
                 for steps in (short, long):
                     for name in order:
-                        tree, extra = trees[name]
-                        wall = timed_run(tree, tmp, name.split()[0] + str(len(extra)), steps, args.threads, extra)
+                        tree, extra, slug = trees[name]
+                        wall = timed_run(tree, tmp, slug, steps, args.threads, extra)
                         walls[name][steps].append(wall)
                         print(f"repeat {rep}: {name:20s} {steps:3d} steps {wall:6.1f} s", flush=True)
                 peaks.append(_common.matmul_peak("bfloat16"))

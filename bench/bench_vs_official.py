@@ -240,14 +240,14 @@ def flops(with_lm: bool, k: int, batch: int, n: int, head: int, lm_forward_only:
 
 
 def build_lamo_side(backbone: Path, batch: dict, text: torch.Tensor, k: int, seed: int,
-                    extra: tuple[str, ...] = ()) -> list:
-    """The four lamo_scale contenders (λ 0.1 / 0, fp32 / bf16) from the paper recipe, one policy per
-    precision (``extra``: further recipe overrides)."""
+                    extra: tuple[str, ...] = (), precisions: tuple[str, ...] = ("fp32", "bf16")) -> list:
+    """The lamo_scale contenders (λ 0.1 / 0 for each of ``precisions``) from the paper recipe, one
+    policy per precision (``extra``: further recipe overrides)."""
     from lamo_scale.config import load_config
     from lamo_scale.model.policy import build_policy
 
     out = []
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
         # bf16 as the product runs it: the frozen base stored in bf16 (model.dtype), trainable
         # weights in fp32, the step under bf16 autocast (Contender).
         dtype = "bfloat16" if precision == "bf16" else "float32"

@@ -44,8 +44,8 @@ def main() -> None:
               "blocked_sdpa, attention dropout 0.1": ("model.attn_implementation=blocked_sdpa",),
               "sdpa, attention dropout 0": ("model.attn_implementation=sdpa", "model.attention_dropout=0")}
     for name, extra in setups.items():
-        lamo, *_ = bvo.build_lamo_side(backbone, batch, text, 20, seed=0, extra=extra)
-        contenders[name] = next(c for c in lamo if c.precision == "fp32" and c.with_lm)
+        lamo, *_ = bvo.build_lamo_side(backbone, batch, text, 20, seed=0, extra=extra, precisions=("fp32",))
+        contenders[name] = next(c for c in lamo if c.with_lm)
     for c in contenders.values():
         c.step()  # warm-up
     times = {name: [] for name in contenders}

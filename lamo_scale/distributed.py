@@ -32,13 +32,18 @@ def _env_true(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "yes")
 
 
+def launched_world_size() -> int:
+    """How many processes the launcher started (``WORLD_SIZE``; 1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def launch_mode() -> str:
     """``deepspeed``, ``fsdp``, ``ddp`` or ``single``, from the launcher's environment."""
     if _env_true("ACCELERATE_USE_DEEPSPEED"):
         return "deepspeed"
     if _env_true("ACCELERATE_USE_FSDP"):
         return "fsdp"
-    return "ddp" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "single"
+    return "ddp" if launched_world_size() > 1 else "single"
 
 
 def has_accelerator() -> bool:
@@ -99,7 +104,7 @@ def make_accelerator(mixed_precision: str, grad_accum: int):
         accelerator = Accelerator(cpu=True, **common)
     else:
         accelerator = Accelerator(**common)
-    expected = int(os.environ.get("WORLD_SIZE", "1"))
+    expected = launched_world_size()
     if accelerator.num_processes != expected:
         raise RuntimeError(f"launcher started {expected} processes but this one joined a world of "
                            f"{accelerator.num_processes} ({mode}): the ranks would train apart, refusing. "

@@ -517,6 +517,6 @@ def _exit_skipping_teardown(rc: int) -> None:
 
 if __name__ == "__main__":
     exit_code = main(prog="accelerate launch -m lamo_scale.train")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if dist.launched_world_size() > 1:
         _exit_skipping_teardown(exit_code)
     sys.exit(exit_code)
