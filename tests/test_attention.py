@@ -5,7 +5,9 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from lamo_scale.config import load_config
 from lamo_scale.model.attention import QUERY_BLOCK, blocked_causal_attention, blocked_sdpa_forward
+from lamo_scale.model.backbone import BackboneError, load_backbone
 
 T = 2 * QUERY_BLOCK + 44  # three blocks, the last one partial
 
@@ -102,3 +104,12 @@ def test_models_built_with_blocked_sdpa_match_sdpa(arch):
     m = models["blocked_sdpa"].train()
     m(ids, attention_mask=am, labels=ids).loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
+def test_an_unknown_attention_kernel_is_refused_before_loading():
+    cfg = load_config(None, ["model.backbone=tiny-gpt2", "model.pretrained=false", "model.attn_implementation=blocked"])
+    with pytest.raises(BackboneError, match=r"model.attn_implementation='blocked'.*blocked_sdpa.*sdpa"):
+        load_backbone(cfg.model)
+    cfg = load_config(None, ["model.backbone=tiny-gpt2", "model.pretrained=false",
+                             "model.attn_implementation=blocked_sdpa"])
+    assert load_backbone(cfg.model)[0].config._attn_implementation == "blocked_sdpa"

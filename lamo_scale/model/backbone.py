@@ -134,6 +134,17 @@ def load_dtype(cfg: ModelConfig) -> torch.dtype:
     return torch.bfloat16 if cfg.dtype == "bfloat16" and cfg.finetune != "full" else torch.float32
 
 
+def check_attn_implementation(name: str | None) -> None:
+    """Refuse an attention kernel transformers does not know, naming the ones it does."""
+    from transformers import AttentionInterface
+
+    known = ["eager", *AttentionInterface().valid_keys()]
+    if name is not None and name not in known:
+        raise BackboneError(f"model.attn_implementation={name!r} is not an attention kernel; use one of "
+                            f"{', '.join(known)} (blocked_sdpa: lamo_scale/model/attention.py), "
+                            "or null for transformers' default")
+
+
 def load_backbone(cfg: ModelConfig, seed: int = 0, sharding=None):
     """Return ``(causal_lm, tokenizer)`` for ``cfg.backbone`` (weights random if not pretrained).
 
@@ -141,6 +152,7 @@ def load_backbone(cfg: ModelConfig, seed: int = 0, sharding=None):
     ``distributed.sharded_init``) builds the model already partitioned for ZeRO-3 or on the meta
     device for FSDP2; built-in tiny backbones are always built whole (they are tiny).
     """
+    check_attn_implementation(cfg.attn_implementation)
     lm, tokenizer = None, None
     if sharding is not None and cfg.backbone not in TINY_BACKBONES:
         lm, tokenizer = _load_sharded(cfg, seed, sharding)
