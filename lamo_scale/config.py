@@ -81,6 +81,12 @@ class ModelConfig:
     except CPU training with attention dropout runs causal attention in blocks of 128 queries
     against the visible keys only; same distribution, ~3.5x faster per GPT-2 layer at T = 1,024);
     null keeps the transformers default (sdpa)."""
+    pack_text: bool = True
+    """Co-training: run the RL windows and the text batch through the backbone in ONE call, laid end
+    to end and attended per segment (lamo_scale/model/packing.py): the same function, but each
+    layer's weights are read (under ZeRO-3 / FSDP: gathered) once per pass instead of twice.
+    Applies to GPT-2 and Llama-family backbones with eager, sdpa or blocked_sdpa attention;
+    false = two calls."""
     gradient_checkpointing: bool = False
     """Recompute backbone activations in backward: less memory, more time."""
     dtype: Literal["float32", "bfloat16"] = "float32"

@@ -7,6 +7,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from lamo_scale.config import load_config
 from lamo_scale.model.attention import QUERY_BLOCK, blocked_causal_attention, blocked_sdpa_forward
+from lamo_scale.model import packing
 from lamo_scale.model.backbone import BackboneError, load_backbone
 
 T = 2 * QUERY_BLOCK + 44  # three blocks, the last one partial
@@ -112,4 +113,5 @@ def test_an_unknown_attention_kernel_is_refused_before_loading():
         load_backbone(cfg.model)
     cfg = load_config(None, ["model.backbone=tiny-gpt2", "model.pretrained=false",
                              "model.attn_implementation=blocked_sdpa"])
-    assert load_backbone(cfg.model)[0].config._attn_implementation == "blocked_sdpa"
+    # routed through the packing wrapper of blocked_sdpa (lamo_scale/model/packing.py)
+    assert load_backbone(cfg.model)[0].config._attn_implementation == packing.packed_name("blocked_sdpa")

@@ -52,7 +52,9 @@ def test_losses_pinned_and_falling(straight_run):
     assert np.mean(result.losses[3:]) < np.mean(result.losses[:3])
 
 
-PINNED_FIRST_LOSS = 0.8186963200569153
+# Packing RL windows and text into one backbone call (model.pack_text, the default) draws the
+# backbone's dropout masks over one tensor instead of two: 0.8186963200569153 with pack_text=false.
+PINNED_FIRST_LOSS = 0.8220093250274658
 
 
 def test_resume_reproduces_the_uninterrupted_run(straight_run, reacher_dataset):

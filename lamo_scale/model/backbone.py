@@ -15,6 +15,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2C
 
 from lamo_scale.config import ModelConfig
 from lamo_scale.model import attention  # noqa: F401  (registers model.attn_implementation=blocked_sdpa)
+from lamo_scale.model import packing
 from lamo_scale.model.tokenizer import ByteTokenizer
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def check_attn_implementation(name: str | None) -> None:
     """Refuse an attention kernel transformers does not know, naming the ones it does."""
     from transformers import AttentionInterface
 
-    known = ["eager", *AttentionInterface().valid_keys()]
+    known = ["eager", *(k for k in AttentionInterface().valid_keys() if not k.startswith(packing.PREFIX))]
     if name is not None and name not in known:
         raise BackboneError(f"model.attn_implementation={name!r} is not an attention kernel; use one of "
                             f"{', '.join(known)} (blocked_sdpa: lamo_scale/model/attention.py), "
@@ -163,6 +164,8 @@ def load_backbone(cfg: ModelConfig, seed: int = 0, sharding=None):
         set_dropout(lm, cfg.backbone_dropout)
     if cfg.attention_dropout is not None:
         set_dropout(lm, cfg.attention_dropout, attention_only=True)
+    if cfg.pack_text:
+        packing.enable_packing(lm)
     return lm, tokenizer
 
 

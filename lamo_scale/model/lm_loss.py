@@ -81,15 +81,33 @@ def language_model_loss(causal_lm: nn.Module, transformer: nn.Module, text_ids: 
     where the head cannot be applied piecewise (a ZeRO-3-partitioned or non-linear head, or a
     config with logit soft-capping or scaling) and where the batch fits in one chunk.
     """
-    head: Optional[nn.Module] = causal_lm.get_output_embeddings()
-    config = causal_lm.config
-    plain = (head is not None and _head_is_local(head) and not getattr(config, "final_logit_softcapping", None)
-             and getattr(config, "logit_scale", None) in (None, 1.0))
     # Up to one chunk of rows there is nothing to save, and the plain path was faster in bf16
     # (bench/bench_lm_loss.py: 0.64x at SmolLM2's 1 x 128 quickstart batch).
-    if not plain or text_ids[:, 1:].numel() <= chunk:
+    if not _plain_head(causal_lm) or text_ids[:, 1:].numel() <= chunk:
         return causal_lm(input_ids=text_ids, labels=text_ids, use_cache=False).loss.float()
     hidden = transformer(input_ids=text_ids, use_cache=False).last_hidden_state
+    return language_loss_from_hidden(causal_lm, hidden, text_ids, chunk)
+
+
+def language_loss_from_hidden(causal_lm: nn.Module, hidden: torch.Tensor, text_ids: torch.Tensor,
+                              chunk: int = CHUNK_TOKENS) -> torch.Tensor:
+    """The same loss from the backbone's last hidden states ``[B, T, hidden]`` of ``text_ids``
+    (a packed co-training call computes them together with the RL windows' states).
+
+    Chunked and fused above one chunk of rows on a local linear head; otherwise the head is called
+    as a module (ZeRO-3 gathers a partitioned head in its forward) on all rows but the last.
+    """
     rows = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     labels = text_ids[:, 1:].reshape(-1)
-    return _FusedLinearCrossEntropy.apply(rows, head.weight, head.bias, labels, chunk)
+    head = causal_lm.get_output_embeddings()
+    if _plain_head(causal_lm) and labels.numel() > chunk:
+        return _FusedLinearCrossEntropy.apply(rows, head.weight, head.bias, labels, chunk)
+    return nn.functional.cross_entropy(head(rows).float(), labels, ignore_index=IGNORE_INDEX)
+
+
+def _plain_head(causal_lm: nn.Module) -> bool:
+    """Whether the LM head is a local linear layer whose logits the config uses unchanged."""
+    head: Optional[nn.Module] = causal_lm.get_output_embeddings()
+    config = causal_lm.config
+    return (head is not None and _head_is_local(head) and not getattr(config, "final_logit_softcapping", None)
+            and getattr(config, "logit_scale", None) in (None, 1.0))

@@ -35,7 +35,8 @@ from torch import nn
 from lamo_scale.config import ModelConfig
 from lamo_scale.model.adapters import apply_finetune_mode
 from lamo_scale.model.backbone import load_backbone
-from lamo_scale.model.lm_loss import language_model_loss
+from lamo_scale.model import packing
+from lamo_scale.model.lm_loss import language_loss_from_hidden, language_model_loss
 from lamo_scale.model.sharded import fingerprint_step
 from lamo_scale.model.state_encoders import make_state_encoder
 
@@ -187,6 +188,13 @@ class LaMoPolicy(nn.Module):
         """Predicted actions ``[B, K, act_dim]`` for segments ``[B, K, ...]`` (discrete: logits; see module doc).
 
         ``state_tokens`` (``[B, K, hidden]``, from :meth:`encode_states`) replace ``states`` when given."""
+        tokens, mask = self._rl_tokens(states, actions, returns_to_go, timesteps, attention_mask, state_tokens)
+        with _positions_skipped(self._wpe):
+            hidden = self.transformer(inputs_embeds=tokens, attention_mask=mask, use_cache=False).last_hidden_state
+        return self._actions_from_hidden(hidden)
+
+    def _rl_tokens(self, states, actions, returns_to_go, timesteps, attention_mask, state_tokens=None):
+        """The interleaved (R, s, a) input tokens ``[B, 3K, hidden]`` and their padding mask ``[B, 3K]``."""
         batch, k = actions.shape[:2]
         time = self.embed_timestep(timesteps.clamp(0, self.cfg.max_timestep - 1))
         if state_tokens is None:
@@ -194,21 +202,42 @@ class LaMoPolicy(nn.Module):
         tokens = torch.stack([self.embed_return(returns_to_go), state_tokens,
                               self.embed_action(actions)], dim=2)
         tokens = (self.embed_ln(tokens) + time.unsqueeze(2)).reshape(batch, 3 * k, self.hidden_size)
-        mask = attention_mask.repeat_interleave(3, dim=1)
-        wpe = None if self.cfg.rl_position_embeddings else getattr(self.transformer, "wpe", None)
         if not (torch.is_autocast_enabled(tokens.device.type) and self._norms_take_fp32):
             tokens = tokens.to(self.backbone_dtype)
         # Under autocast the tokens stay fp32, so the residual stream does too (type promotion of
         # the bf16 matmul outputs): with a bf16-stored base and bf16 tokens it is rounded at every
         # layer, which moved actions by up to 0.16 vs fp32 (tests/test_precision.py), not 0.06.
-        with _positions_skipped(wpe):
-            hidden = self.transformer(inputs_embeds=tokens, attention_mask=mask, use_cache=False).last_hidden_state
-        state_hidden = hidden.reshape(batch, k, 3, self.hidden_size)[:, :, 1]
+        return tokens, attention_mask.repeat_interleave(3, dim=1)
+
+    def _actions_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The action head read at the state tokens of the backbone's last hidden states ``[B, 3K, hidden]``."""
+        state_hidden = hidden.unflatten(1, (-1, 3))[:, :, 1]
         # device too: a backbone dispatched over several GPUs (placement.AUTO) ends on the last one
         out = self.action_head(state_hidden.to(self.embed_ln.weight.device, self.embed_ln.weight.dtype))
         if self.bounded:
             out = self.action_center + self.action_halfwidth * out
         return out
+
+    @property
+    def _wpe(self) -> nn.Module | None:
+        """GPT-2's absolute position embedding, which RL tokens skip (None: kept, or none exists)."""
+        return None if self.cfg.rl_position_embeddings else getattr(self.transformer, "wpe", None)
+
+    @property
+    def packs_text(self) -> bool:
+        """Whether a co-training step runs RL windows and text in one backbone call (model.pack_text)."""
+        return packing.is_packed(self.causal_lm)
+
+    def _packed_hidden(self, rl_inputs: tuple, text_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last hidden states of the RL windows ``[B, 3K, hidden]`` and of ``text_ids`` ``[Bt, T, hidden]``
+        from one backbone call (:mod:`lamo_scale.model.packing`)."""
+        tokens, mask = self._rl_tokens(*rl_inputs)
+        text = self.causal_lm.get_input_embeddings()(text_ids)
+        if self._wpe is not None:  # text keeps its positions; the call adds none (with rl_position_embeddings
+            # it adds wpe of the per-segment positions to both)
+            text = text + self._wpe(torch.arange(text_ids.shape[1], device=text_ids.device))
+        with _positions_skipped(self._wpe):
+            return packing.packed_call(self.transformer, [(tokens, mask), (text.to(tokens.dtype), None)])
 
     @functools.cached_property
     def _norms_take_fp32(self) -> bool:
@@ -237,7 +266,14 @@ class LaMoPolicy(nn.Module):
         trainer passes the global count divided by the world size, so that the ranks' mean
         loss (what DDP's gradient averaging optimises) is exactly the one-process loss.
         """
-        pred = self.predict_actions(states, actions, returns_to_go, timesteps, attention_mask)
+        rl_inputs = (states, actions, returns_to_go, timesteps, attention_mask)
+        co_training = text_ids is not None and language_weight > 0
+        if co_training and self.packs_text:
+            rl_hidden, text_hidden = self._packed_hidden(rl_inputs, text_ids)
+            pred = self._actions_from_hidden(rl_hidden)
+        else:
+            text_hidden = None
+            pred = self.predict_actions(*rl_inputs)
         if self.discrete:
             mask = attention_mask.to(torch.float32)
             err = nn.functional.cross_entropy(pred.float().flatten(0, 1), actions.argmax(-1).flatten(),
@@ -250,8 +286,9 @@ class LaMoPolicy(nn.Module):
         denom = mask.sum() if valid_steps is None else valid_steps.to(err.dtype)
         action_loss = err.sum() / (denom * per_step).clamp_min(1.0)
         out = {"action_loss": action_loss, "loss": action_loss}
-        if text_ids is not None and language_weight > 0:
-            language_loss = language_model_loss(self.causal_lm, self.transformer, text_ids)
+        if co_training:
+            language_loss = (language_model_loss(self.causal_lm, self.transformer, text_ids) if text_hidden is None
+                             else language_loss_from_hidden(self.causal_lm, text_hidden, text_ids))
             out["language_loss"] = language_loss
             out["loss"] = action_loss + language_weight * language_loss
         return out
