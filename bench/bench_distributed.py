@@ -177,6 +177,45 @@ def deepspeed_grad_bytes(zero_opt, stage: int) -> dict:
     return {"grads": grads.total, "grad_buckets": buckets.total, "grads_detail": detail}
 
 
+def parse_text(spec: str) -> tuple[int, int] | None:
+    """``"BxT"`` (text blocks per rank x tokens) → ``(B, T)``; empty → None (no language loss)."""
+    if not spec:
+        return None
+    blocks, tokens = (int(x) for x in spec.lower().split("x"))
+    return blocks, tokens
+
+
+def count_all_gathers() -> dict:
+    """Count calls and output bytes of ``all_gather_into_tensor`` / ``all_gather`` / ``all_gather_single`` from now on, in
+    ``deepspeed.comm`` (ZeRO-3's parameter gathers; its torch backend holds the torch functions it
+    bound at start-up, so nothing is counted twice) and ``torch.distributed`` (FSDP2's ``all_gather_single``). Returns the
+    live counter."""
+    import torch.distributed as torch_dist
+
+    modules = [torch_dist]
+    try:
+        import deepspeed.comm as ds_comm
+
+        modules.append(ds_comm)
+    except ImportError:
+        pass
+    counter = {"calls": 0, "bytes": 0}
+    for module in modules:
+        for name in ("all_gather_into_tensor", "all_gather", "all_gather_single"):
+            if not hasattr(module, name):
+                continue
+            original = getattr(module, name)
+
+            def counted(out, *a, _original=original, **kw):
+                counter["calls"] += 1
+                tensors = out if isinstance(out, (list, tuple)) else [out]
+                counter["bytes"] += sum(t.numel() * t.element_size() for t in tensors)
+                return _original(out, *a, **kw)
+
+            setattr(module, name, counted)
+    return counter
+
+
 def worker(args) -> None:
     import numpy as np
     import psutil
@@ -190,6 +229,7 @@ def worker(args) -> None:
     from lamo_scale import distributed as dist
     from lamo_scale.config import load_config
     from lamo_scale.model.adapters import apply_finetune_mode
+    from lamo_scale.model import packing
     from lamo_scale.model.backbone import set_dropout
     from lamo_scale.model.policy import LaMoPolicy
 
@@ -203,6 +243,8 @@ def worker(args) -> None:
     torch.manual_seed(0)
     lm = GPT2LMHeadModel(GPT2Config(n_layer=args.layers))
     set_dropout(lm, 0.0)
+    if args.pack == "on":
+        packing.enable_packing(lm)
     lm = apply_finetune_mode(lm, cfg)
     torch.manual_seed(1)
     policy = LaMoPolicy(lm, STATE_DIM, ACT_DIM, cfg, -np.ones(ACT_DIM, np.float32), np.ones(ACT_DIM, np.float32))
@@ -211,6 +253,7 @@ def worker(args) -> None:
         # find_unused_parameters) then fails on the second step. Freeze it in every mode alike.
         policy.causal_lm.get_input_embeddings().weight.requires_grad_(False)
     trainable_n, total_n = policy.parameter_counts()
+    packed = policy.packs_text
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=1e-5)
     dist.configure_deepspeed(accelerator, micro, 1, args.grad_clip, policy.hidden_size)
@@ -219,7 +262,12 @@ def worker(args) -> None:
     stage = dist.zero_stage(accelerator)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     info = dist.describe(accelerator)
+    text = parse_text(args.text)
+    text_ids = (torch.randint(0, 50257, text, generator=torch.Generator().manual_seed(7 + rank)).to(accelerator.device)
+                if text else None)
+    gathers = count_all_gathers()
     rec = {"mode": args.mode, "finetune": args.finetune, "layers": args.layers, "rank": rank, "world": world,
+           "text": args.text, "pack": args.pack, "packed": packed,
            "micro_batch": micro, "global_batch": args.global_batch, "threads": args.threads,
            "trainable_params": trainable_n, "total_params": total_n, "distributed_type": info["distributed_type"],
            "zero_stage": stage, "rss_start": rss_start, "rss_built": rss_built}
@@ -242,7 +290,7 @@ def worker(args) -> None:
         local = {k: v[rank * micro:(rank + 1) * micro].to(accelerator.device) for k, v in batch.items()}
         policy.train()
         with accelerator.accumulate(policy), accelerator.autocast():
-            out = policy(**local, valid_steps=valid)
+            out = policy(**local, valid_steps=valid, text_ids=text_ids, language_weight=0.1 if text else 0.0)
             accelerator.backward(out["loss"])
             if engine is None and not measured:
                 grads = Bytes()
@@ -258,10 +306,14 @@ def worker(args) -> None:
     times, losses = [], []
     for step in range(args.warmup + args.steps):
         accelerator.wait_for_everyone()
+        if step == args.warmup:
+            gathers.update(calls=0, bytes=0)
         t0 = time.perf_counter()
         losses.append(run_step(step))
         if step >= args.warmup:
             times.append(time.perf_counter() - t0)
+    rec["allgather_calls_per_step"] = gathers["calls"] / max(args.steps, 1)
+    rec["allgather_mb_per_step"] = gathers["bytes"] / MB / max(args.steps, 1)
     rec.update(measured)
     rec.update(param_bytes(policy, stage))
     if engine is not None:
@@ -281,7 +333,7 @@ def worker(args) -> None:
     rec["rss_peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     rec["step_times"] = times
     rec["losses"] = losses
-    Path(args.result_dir, f"{args.mode}-{args.finetune}-w{world}-r{rank}.json").write_text(json.dumps(rec))
+    Path(args.result_dir, f"{args.mode}-{args.finetune}-w{world}-r{rank}.json").write_text(json.dumps(rec, default=str))
     accelerator.wait_for_everyone()
     accelerator.end_training()
 
@@ -291,7 +343,9 @@ def launch(mode: str, finetune: str, ranks: int, args, result_dir: str) -> tuple
     worker_args = ["--worker", "--mode", mode, "--finetune", finetune, "--layers", str(args.layers),
                    "--global-batch", str(args.global_batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
                    "--threads", str(args.threads), "--lora-rank", str(args.lora_rank),
-                   "--grad-clip", str(args.grad_clip), "--result-dir", result_dir]
+                   "--grad-clip", str(args.grad_clip), "--result-dir", result_dir, "--pack", args.pack]
+    if args.text:
+        worker_args += ["--text", args.text]
     if args.keep_unused:
         worker_args.append("--keep-unused")
     script = str(Path(__file__).resolve())
@@ -327,6 +381,8 @@ def summarise(recs: list[dict], wall: float, reference: dict | None) -> dict:
         row[key + "_mb_max"] = max(r[key] for r in recs) / MB
     step_times = [max(ts) for ts in zip(*(r["step_times"] for r in recs))]
     row["s_per_step"] = _common.median(step_times)
+    row["allgather_calls"] = r0.get("allgather_calls_per_step", 0)
+    row["allgather_mb"] = r0.get("allgather_mb_per_step", 0)
     row["step_times"] = step_times
     # the ranks' losses average to the global-batch loss (valid_steps = global count / world)
     row["final_loss"] = sum(r["losses"][-1] for r in recs) / len(recs)
@@ -343,7 +399,8 @@ COLUMNS = [("finetune", "ft"), ("mode", "mode"), ("ranks", "ranks"), ("param_tra
            ("param_frozen_mb", "params frozen MB"), ("grads_mb", "grads MB"), ("master_mb", "fp32 master MB"),
            ("opt_state_mb", "Adam state MB"), ("model_state_total_mb", "total MB"),
            ("trainable_state_vs_single", "train.+grad+opt × single"), ("grad_buckets_mb", "grad buckets MB"),
-           ("rss_end_mb", "RSS end MB"), ("rss_peak_mb", "RSS peak MB"), ("s_per_step", "s/step"),
+           ("rss_end_mb", "RSS end MB"), ("rss_peak_mb", "RSS peak MB"), ("allgather_calls", "all-gathers/step"),
+           ("allgather_mb", "gathered MB/step"), ("s_per_step", "s/step"),
            ("x_time_vs_single", "time × single"), ("loss_diff_vs_single", "|Δloss| vs single")]
 
 
@@ -355,7 +412,8 @@ def driver(args) -> None:
     print(_common.machine_line(info))
     print(f"GPT-2 {args.layers}x768 (vocab 50257, random init) + LaMo heads; global batch {args.global_batch} "
           f"segments of K={K}; {args.warmup} warm-up + {args.steps} timed steps; {args.threads} torch thread(s) "
-          f"per process; per-rank figures are rank 0's (max over ranks in the JSON)", flush=True)
+          f"per process; per-rank figures are rank 0's (max over ranks in the JSON); language loss: "
+          f"{args.text + ' text per rank, λ 0.1, packing ' + args.pack if args.text else 'off'}", flush=True)
     rows, failures = [], {}
     with tempfile.TemporaryDirectory(prefix="lamo_bench_dist_") as result_dir:
         for finetune in args.finetune.split(","):
@@ -444,7 +502,7 @@ def load_worker(args) -> None:
         t = time.perf_counter()
         policy.train()
         with accelerator.accumulate(policy), accelerator.autocast():
-            out = policy(**local, valid_steps=valid)
+            out = policy(**local, valid_steps=valid, text_ids=text_ids, language_weight=0.1 if text else 0.0)
             accelerator.backward(out["loss"])
             if accelerator.sync_gradients and args.grad_clip > 0:
                 accelerator.clip_grad_norm_(trainable, args.grad_clip)
@@ -548,6 +606,10 @@ def main(argv=None) -> None:
     parser.add_argument("--grad-clip", type=float, default=0.25)
     parser.add_argument("--keep-unused", action="store_true",
                         help="full: keep the tied wte/lm_head trainable although it gets no gradient (DDP fails)")
+    parser.add_argument("--text", default="", help="co-train with the language loss on BxT random text tokens per "
+                        "rank (e.g. 1x128); empty = no language loss")
+    parser.add_argument("--pack", default="on", choices=["on", "off"],
+                        help="with --text: RL windows and text in one backbone call (model.pack_text) or two")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per launch")
     parser.add_argument("--out", help="write the raw numbers as JSON here")
     parser.add_argument("--load", help="checkpoint-load bench on this local checkpoint dir (see the module doc)")
