@@ -94,7 +94,9 @@ def test_cnn_policy_trains_and_acts_in_the_real_env(breakout_dataset, tmp_path):
     assert "normalized_score" in summary  # Breakout's human-normalised score
 
 
-PINNED_LOSSES = [1.3490, 1.5397, 1.4444]
+# Moved from [1.3490, 1.5397, 1.4444] when the never-read last action token stopped being fed:
+# the backbone's dropout masks are drawn over a window one token shorter.
+PINNED_LOSSES = [1.3427, 1.5280, 1.4349]
 
 
 def test_minari_published_atari_layout_loads(minari_store, tmp_path):

@@ -6,7 +6,7 @@ import torch
 from lamo_scale.config import load_config
 from lamo_scale.model import BackboneError, build_policy
 from lamo_scale.model.adapters import lora_targets
-from lamo_scale.model.policy import MLPEmbedding
+from lamo_scale.model.policy import MLPEmbedding, _positions_skipped
 
 from conftest import TINY
 
@@ -101,6 +101,25 @@ def test_causality_action_at_t_ignores_future():
     b["states"][:, 2:] += 3.0
     b["actions"][:, 1:] = 0.7
     assert torch.allclose(policy.predict_actions(**b)[:, 1], ref, atol=1e-6)
+
+
+def test_leaving_out_the_last_action_token_changes_no_prediction():
+    # The window's last action token is not fed (no state token can see it): predictions must equal
+    # those of the whole 3K-token window.
+    for backbone in ("tiny-gpt2", "tiny-llama"):
+        policy, _, _ = make(f"model.backbone={backbone}", "model.lora.dropout=0.0")
+        policy.eval()
+        b = batch()
+        b["attention_mask"][0, :2] = 0
+        stacked = torch.stack([policy.embed_return(b["returns_to_go"]), policy.embed_state(b["states"]),
+                               policy.embed_action(b["actions"])], dim=2)
+        whole_tokens = (policy.embed_ln(stacked) + policy.embed_timestep(b["timesteps"]).unsqueeze(2)).flatten(1, 2)
+        with torch.no_grad(), _positions_skipped(policy._wpe):
+            whole = policy.transformer(inputs_embeds=whole_tokens,
+                                       attention_mask=b["attention_mask"].repeat_interleave(3, 1)).last_hidden_state
+            expected = policy.action_head(whole.unflatten(1, (-1, 3))[:, :, 1])
+            expected = policy.action_center + policy.action_halfwidth * expected
+            assert torch.allclose(policy.predict_actions(**b), expected, atol=1e-6)
 
 
 def test_seeded_init_is_reproducible():
@@ -213,7 +232,8 @@ def test_tokens_arrive_at_the_backbone_embedding_scale_layernorm_before_time():
     stacked = torch.stack([policy.embed_return(b["returns_to_go"]), policy.embed_state(b["states"]),
                            policy.embed_action(b["actions"])], dim=2)
     expect = policy.embed_ln(stacked) + policy.embed_timestep(b["timesteps"]).unsqueeze(2)
-    torch.testing.assert_close(seen["x"], expect.reshape_as(seen["x"]).to(seen["x"].dtype))
+    expect = expect.flatten(1, 2)[:, :-1]  # the last action token is not fed (no state token sees it)
+    torch.testing.assert_close(seen["x"], expect.to(seen["x"].dtype))
     fixed, _, _ = make("model.input_scale=1.0")
     assert fixed.input_scale == 1.0
 

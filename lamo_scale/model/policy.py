@@ -194,7 +194,10 @@ class LaMoPolicy(nn.Module):
         return self._actions_from_hidden(hidden)
 
     def _rl_tokens(self, states, actions, returns_to_go, timesteps, attention_mask, state_tokens=None):
-        """The interleaved (R, s, a) input tokens ``[B, 3K, hidden]`` and their padding mask ``[B, 3K]``."""
+        """The interleaved (R, s, a) input tokens and their padding mask, ``[B, 3K - 1, ...]``.
+
+        The last step's action token is left out: under causal attention no read-out position (the
+        state tokens) sees it, so dropping it changes no output and saves 1/(3K) of the window."""
         batch, k = actions.shape[:2]
         time = self.embed_timestep(timesteps.clamp(0, self.cfg.max_timestep - 1))
         if state_tokens is None:
@@ -207,11 +210,12 @@ class LaMoPolicy(nn.Module):
         # Under autocast the tokens stay fp32, so the residual stream does too (type promotion of
         # the bf16 matmul outputs): with a bf16-stored base and bf16 tokens it is rounded at every
         # layer, which moved actions by up to 0.16 vs fp32 (tests/test_precision.py), not 0.06.
-        return tokens, attention_mask.repeat_interleave(3, dim=1)
+        return tokens[:, :-1], attention_mask.repeat_interleave(3, dim=1)[:, :-1]
 
     def _actions_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The action head read at the state tokens of the backbone's last hidden states ``[B, 3K, hidden]``."""
-        state_hidden = hidden.unflatten(1, (-1, 3))[:, :, 1]
+        """The action head read at the state tokens (positions 1, 4, ...) of the backbone's last
+        hidden states ``[B, 3K - 1, hidden]``."""
+        state_hidden = hidden[:, 1::3]
         # device too: a backbone dispatched over several GPUs (placement.AUTO) ends on the last one
         out = self.action_head(state_hidden.to(self.embed_ln.weight.device, self.embed_ln.weight.dtype))
         if self.bounded:
@@ -229,7 +233,7 @@ class LaMoPolicy(nn.Module):
         return packing.is_packed(self.causal_lm)
 
     def _packed_hidden(self, rl_inputs: tuple, text_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Last hidden states of the RL windows ``[B, 3K, hidden]`` and of ``text_ids`` ``[Bt, T, hidden]``
+        """Last hidden states of the RL windows ``[B, 3K - 1, hidden]`` and of ``text_ids`` ``[Bt, T, hidden]``
         from one backbone call (:mod:`lamo_scale.model.packing`)."""
         tokens, mask = self._rl_tokens(*rl_inputs)
         text = self.causal_lm.get_input_embeddings()(text_ids)
