@@ -84,7 +84,8 @@ class ModelConfig:
     pack_text: bool = True
     """Co-training: run the RL windows and the text batch through the backbone in ONE call, laid end
     to end and attended per segment (lamo_scale/model/packing.py): the same function, but each
-    layer's weights are read (under ZeRO-3 / FSDP: gathered) once per pass instead of twice.
+    layer's weights are read (under FSDP2: all-gathered) once per pass instead of twice, and each
+    small op launched once (bench/README.md "Packing").
     Applies to GPT-2 and Llama-family backbones with eager, sdpa or blocked_sdpa attention;
     false = two calls."""
     gradient_checkpointing: bool = False

@@ -1,10 +1,12 @@
 """One backbone call for the RL windows *and* the language batch of a co-training step.
 
 LaMo's training step runs two different batches through the same frozen backbone: ``B`` RL
-windows of ``3K`` tokens and ``Bt`` text blocks of ``T`` tokens. Run as two calls, every layer's
-weights are read (and, under ZeRO-3 / FSDP, all-gathered) twice in the forward pass and twice in
-the backward pass, and every small op is launched twice. Packed, the two batches are laid end to
-end as rows of one ``[1, B·3K + Bt·T, hidden]`` sequence: every linear layer, norm and activation
+windows of ``3K - 1`` tokens and ``Bt`` text blocks of ``T`` tokens. Run as two calls, every
+layer's weights are read twice in the forward pass and twice in the backward pass (FSDP2
+all-gathers them twice: 17 against 10 all-gathers per step in bench/results/distributed_packing-cpu.txt;
+ZeRO-3 kept them live between the two calls at the size measured there), and every small op is
+launched twice. Packed, the two batches are laid end to end as rows of one
+``[1, B·(3K - 1) + Bt·T, hidden]`` sequence: every linear layer, norm and activation
 runs once over all rows, and only attention is split back into the segments, each attended
 exactly as it would be alone (its own causal and padding mask, by the configured kernel).
 The result is the same function as the two calls (tests/test_packing.py).
