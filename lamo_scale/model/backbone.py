@@ -164,8 +164,11 @@ def load_backbone(cfg: ModelConfig, seed: int = 0, sharding=None):
         set_dropout(lm, cfg.backbone_dropout)
     if cfg.attention_dropout is not None:
         set_dropout(lm, cfg.attention_dropout, attention_only=True)
-    if cfg.pack_text:
-        packing.enable_packing(lm)
+    if cfg.pack_text and not packing.enable_packing(lm):
+        log.info("model.pack_text: %s with %s attention is not one packing is known to be exact for "
+                 "(%s; %s): co-training calls the backbone twice", lm.config.model_type,
+                 lm.config._attn_implementation, ", ".join(packing.PACKABLE_MODELS),
+                 ", ".join(packing.PACKABLE_KERNELS))
     return lm, tokenizer
 
 

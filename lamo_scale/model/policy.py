@@ -236,12 +236,14 @@ class LaMoPolicy(nn.Module):
         """Last hidden states of the RL windows ``[B, 3K - 1, hidden]`` and of ``text_ids`` ``[Bt, T, hidden]``
         from one backbone call (:mod:`lamo_scale.model.packing`)."""
         tokens, mask = self._rl_tokens(*rl_inputs)
-        text = self.causal_lm.get_input_embeddings()(text_ids)
+        text = self.get_input_embeddings()(text_ids)
         if self._wpe is not None:  # text keeps its positions; the call adds none (with rl_position_embeddings
             # it adds wpe of the per-segment positions to both)
-            text = text + self._wpe(torch.arange(text_ids.shape[1], device=text_ids.device))
+            text = text + self._wpe(torch.arange(text_ids.shape[1], device=text.device))
+        # device too: under placement.AUTO the token embedding and the RL embeddings may sit on different GPUs
+        text = text.to(tokens.device, tokens.dtype)
         with _positions_skipped(self._wpe):
-            return packing.packed_call(self.transformer, [(tokens, mask), (text.to(tokens.dtype), None)])
+            return packing.packed_call(self.transformer, [(tokens, mask), (text, None)])
 
     @functools.cached_property
     def _norms_take_fp32(self) -> bool:
