@@ -10,8 +10,8 @@ This implementation computes the same thing one block of 128 queries at a time, 
 keys the block can see (causal: keys up to the block's last query). Per block the scores stay in
 cache, the never-visible upper triangle is neither computed nor given dropout draws, and the
 softmax runs in fp32 (or wider). Each visible probability is still kept independently with probability
-``1 - p`` and scaled by ``1 / (1 - p)``, so the output has the same distribution as SDPA's (not the
-same random draws). Everything else — no dropout, evaluation, GPUs (whose fused kernels handle
+``1 - p`` and scaled by ``1 / (1 - p)`` (the mask drawn by lamo_scale/model/dropout.py), so the
+output has the same distribution as SDPA's (not the same random draws). Everything else — no dropout, evaluation, GPUs (whose fused kernels handle
 dropout), single-query decoding, non-causal attention — goes to transformers' own SDPA function.
 
 Select it with ``model.attn_implementation=blocked_sdpa``; importing this module registers it with
@@ -23,6 +23,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from lamo_scale.model.dropout import dropout as cheap_dropout
 
 NAME = "blocked_sdpa"
 QUERY_BLOCK = 128
@@ -55,7 +57,7 @@ def blocked_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torc
             mask = attention_mask[..., start:end, :visible]
             scores = scores.masked_fill(~mask, fill) if mask.dtype == torch.bool else scores + mask.to(scores.dtype)
         probs = torch.softmax(scores, dim=-1).to(value.dtype)
-        probs = torch.nn.functional.dropout(probs, p=dropout, training=True)
+        probs = cheap_dropout(probs, dropout)
         outputs.append(torch.matmul(probs, value[..., :visible, :]))
     return torch.cat(outputs, dim=-2)
 
