@@ -16,6 +16,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2C
 from lamo_scale.config import ModelConfig
 from lamo_scale.model import attention  # noqa: F401  (registers model.attn_implementation=blocked_sdpa)
 from lamo_scale.model import packing
+from lamo_scale.model.swap import replace_modules
 from lamo_scale.model.tokenizer import ByteTokenizer
 
 log = logging.getLogger(__name__)
@@ -120,13 +121,7 @@ def fuse_activations(lm: torch.nn.Module) -> int:
     """
     from transformers.activations import NewGELUActivation
 
-    swapped = 0
-    for module in list(lm.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) is NewGELUActivation:
-                setattr(module, name, torch.nn.GELU(approximate="tanh"))
-                swapped += 1
-    return swapped
+    return replace_modules(lm, NewGELUActivation, lambda _: torch.nn.GELU(approximate="tanh"))
 
 
 def load_dtype(cfg: ModelConfig) -> torch.dtype:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lamo_scale.model.swap import replace_modules
+
 
 class _ThresholdDropout(torch.autograd.Function):
     """``x * (u >= p) / (1 - p)`` with ``u`` uniform; the backward multiplies by the same mask."""
@@ -52,10 +54,4 @@ class CheapDropout(nn.Dropout):
 def use_cheap_dropout(model: nn.Module) -> int:
     """Replace every plain ``nn.Dropout`` inside ``model`` (backbone, LoRA, heads) by a
     :class:`CheapDropout` of the same rate; returns how many were replaced."""
-    swapped = 0
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) is nn.Dropout:
-                setattr(module, name, CheapDropout(child.p, child.inplace))
-                swapped += 1
-    return swapped
+    return replace_modules(model, nn.Dropout, lambda old: CheapDropout(old.p, old.inplace))
