@@ -181,7 +181,12 @@ def parse_text(spec: str) -> tuple[int, int] | None:
     """``"BxT"`` (text blocks per rank x tokens) → ``(B, T)``; empty → None (no language loss)."""
     if not spec:
         return None
-    blocks, tokens = (int(x) for x in spec.lower().split("x"))
+    try:
+        blocks, tokens = (int(x) for x in spec.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--text {spec!r}: expected BxT, text blocks per rank x tokens per block (e.g. 1x128)")
+    if blocks < 1 or tokens < 2:
+        raise SystemExit(f"--text {spec!r}: need at least 1 block of 2 tokens (the LM loss predicts the next token)")
     return blocks, tokens
 
 
@@ -617,6 +622,7 @@ def main(argv=None) -> None:
     parser.add_argument("--shape", default="tinyllama-1b", choices=sorted(SHAPES), help="--make-backbone: its shape")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="--load: model.dtype")
     args = parser.parse_args(argv)
+    parse_text(args.text)  # a malformed --text is refused before any rank is launched
     if args.load and args.modes == parser.get_default("modes"):
         args.modes = "ddp,zero3,fsdp"
     if args.load and args.global_batch == parser.get_default("global_batch"):
