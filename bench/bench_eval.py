@@ -20,8 +20,8 @@ Contenders, timed *interleaved* (one run of each in turn, order rotated every re
 Rate = environment steps / wall seconds (median over repeats); the speed-up is each
 contender's rate over the sequential loop's rate at the same size and precision.
 
-Limits (printed per size and precision, issue 12): every env-step forwards a full 3·K-token
-window, ``window FLOP = 2·N·3K + 4·L·d·(3K)²`` (N = transformer-block weights, LoRA and the small
+Limits (printed per size and precision, issue 12): every env-step forwards a full window of
+T = 3·K − 1 tokens (the last action token is not fed), ``window FLOP = 2·N·T + 4·L·d·T²`` (N = transformer-block weights, LoRA and the small
 embedding/head MLPs left out), so the **compute limit** is the 2048² matmul rate of that dtype,
 measured in the same run with the same threads, divided by the window FLOP; the **env limit** is
 the env-only rate; acting does both in turn, so the **combined limit** is
@@ -131,7 +131,7 @@ def acting_limits(policy, size: str, precision: str, k: int, env_rate: float) ->
     """Compute, env and combined upper bounds on env-steps/s (module docstring)."""
     layers, width, _ = SIZES[size]
     n = bts.block_params(policy.transformer.h)
-    tokens = 3 * k
+    tokens = 3 * k - 1  # the window the policy forwards: the last action token is not fed
     window = 2 * n * tokens + 4 * layers * width * tokens ** 2
     peak = _common.matmul_peak("bfloat16" if precision == "bf16" else "float32")
     compute = peak / window
