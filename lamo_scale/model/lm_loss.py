@@ -37,13 +37,14 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             h = hidden[start:start + chunk]
             target = labels[start:start + chunk]
             keep = valid[start:start + chunk]
-            logits = nn.functional.linear(h, weight, bias).float()
+            # one fused log-softmax pass instead of logsumexp + subtract + exp (2x faster per chunk
+            # at GPT-2's 512 x 50,257 on the 2-core box; bench/README.md "LM loss over the head")
+            log_probs = torch.log_softmax(nn.functional.linear(h, weight, bias).float(), dim=-1)
             safe_target = target.clamp_min(0).unsqueeze(1)
-            lse = torch.logsumexp(logits, dim=-1)
-            total += ((lse - logits.gather(1, safe_target).squeeze(1)) * keep).sum()
+            total -= (log_probs.gather(1, safe_target).squeeze(1) * keep).sum()
             if want_h or want_w or want_b:
                 # d(mean CE)/d logits = (softmax - onehot) / count, zero on ignored rows
-                probs = torch.exp(logits.sub_(lse.unsqueeze(1)))
+                probs = log_probs.exp_()
                 probs.scatter_add_(1, safe_target, -torch.ones_like(safe_target, dtype=probs.dtype))
                 probs.mul_((keep.to(probs.dtype) / count).unsqueeze(1))
                 if want_h:
