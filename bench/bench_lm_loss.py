@@ -11,11 +11,15 @@ bf16 autocast, interleaved (one of each in turn, order rotated every repeat), me
                    logits upcast to fp32, ``cross_entropy``, autograd keeps them for backward;
 - ``fused``        ``lamo_scale.model.lm_loss`` (512-row chunks, gradients made in the forward;
                    the trainer takes this path only above one chunk of rows, so not at the
-                   quickstart's 1 x 128, which the table shows for that reason).
+                   quickstart's 1 x 128, which the table shows for that reason); on CPU it writes
+                   each chunk's logits 1,024 vocabulary columns at a time (``CPU_VOCAB_BLOCK``);
+- ``fused, 1 GEMM`` the same with one GEMM per chunk (the block size set past the vocabulary): the
+                   A/B for the column blocks.
 
 Also printed: the fp32 logit bytes the full path holds at once, and the fraction of the matmul
-peak (measured in the same run) each reaches, counting the head's 3 matmuls (forward, grad of
-hidden; the fused path adds none) as 3 x 2 x rows x hidden x vocab FLOP.
+peak (measured in the same run) each reaches, counting the frozen head's 2 matmuls (forward and
+grad of hidden; no weight gradient, and the fused path adds none) as 2 x 2 x rows x hidden x vocab
+FLOP.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ _common.offline_env()
 
 import torch  # noqa: E402
 
+from lamo_scale.model import lm_loss  # noqa: E402
 from lamo_scale.model.lm_loss import _FusedLinearCrossEntropy  # noqa: E402
 
 SHAPES = {"gpt2-small, 2 x 1024": (2048, 768, 50257), "smollm2-135m, 1 x 128": (128, 576, 49152)}
@@ -45,8 +50,20 @@ def _fused(hidden, weight, labels):
     return _FusedLinearCrossEntropy.apply(hidden, weight, None, labels, 512)
 
 
+def _fused_one_gemm(hidden, weight, labels):
+    block = lm_loss.CPU_VOCAB_BLOCK
+    lm_loss.CPU_VOCAB_BLOCK = weight.shape[0]
+    try:
+        return _fused(hidden, weight, labels)
+    finally:
+        lm_loss.CPU_VOCAB_BLOCK = block
+
+
+CONTENDERS = {"full logits": _full, "fused": _fused, "fused, 1 GEMM": _fused_one_gemm}
+
+
 def main() -> None:
-    """Time both contenders on each shape and precision; print the table and ratios."""
+    """Time each contender on each shape and precision; print the table and ratios."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
@@ -65,12 +82,12 @@ def main() -> None:
         base = torch.randn(n, h, generator=g)
         for precision in ("float32", "bfloat16"):
             w = weight.to(getattr(torch, precision))
-            times = {"full logits": [], "fused": []}
+            times = {name: [] for name in CONTENDERS}
             losses = {}
             for rep in range(args.repeats + 1):
-                order = list(times) if rep % 2 == 0 else list(times)[::-1]
+                order = list(times)[rep % len(times):] + list(times)[:rep % len(times)]
                 for name in order:
-                    fn = _full if name == "full logits" else _fused
+                    fn = CONTENDERS[name]
                     hidden = base.clone().requires_grad_(True)
                     t0 = time.perf_counter()
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
@@ -79,9 +96,10 @@ def main() -> None:
                     if rep > 0:  # the first round warms up
                         times[name].append(time.perf_counter() - t0)
                     losses[name] = loss.item()
-            flop = 3 * 2 * n * h * v
-            full_s, fused_s = _common.median(times["full logits"]), _common.median(times["fused"])
-            for name, sec in (("full logits", full_s), ("fused", fused_s)):
+            flop = 2 * 2 * n * h * v  # frozen head: forward + grad of hidden, no weight grad
+            full_s = _common.median(times["full logits"])
+            for name in CONTENDERS:
+                sec = _common.median(times[name])
                 rows.append({"shape": shape_name, "precision": precision, "contender": name, "seconds": sec,
                              "speedup": full_s / sec, "peak_fraction": flop / sec / peaks[precision],
                              "logit_MB_held": (n * v * 4 / 2 ** 20) if name == "full logits" else min(n, 512) * v * 4 / 2 ** 20,

@@ -23,7 +23,10 @@ def _grads(model) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 @pytest.mark.parametrize("head_trains", [True, False])
-def test_same_loss_and_gradients_as_the_full_logit_loss(kind, head_trains):
+@pytest.mark.parametrize("vocab_block", [None, 300])
+def test_same_loss_and_gradients_as_the_full_logit_loss(kind, head_trains, vocab_block, monkeypatch):
+    if vocab_block:  # the CPU path that writes the logits 300 vocabulary columns at a time (4 blocks, ragged)
+        monkeypatch.setattr(lm_loss, "CPU_VOCAB_BLOCK", vocab_block)
     model = _model(kind)
     model.config.use_cache = False
     model.get_output_embeddings().weight.requires_grad_(head_trains)
@@ -51,15 +54,15 @@ def test_it_never_builds_full_vocabulary_logits(monkeypatch):
     model = _model("gpt2")
     ids = torch.randint(0, 1000, (2, 33), generator=torch.Generator().manual_seed(2))
     widest = []
-    real_linear = torch.nn.functional.linear
+    real_chunk_logits = lm_loss._chunk_logits
 
-    def spy(x, w, b=None):
-        out = real_linear(x, w, b)
-        if out.shape[-1] == 1000:
-            widest.append(out.numel() // 1000)
+    def spy(h, w, b=None):
+        out = real_chunk_logits(h, w, b)
+        assert out.shape[-1] == 1000
+        widest.append(out.numel() // 1000)
         return out
 
-    monkeypatch.setattr(lm_loss.nn.functional, "linear", spy)
+    monkeypatch.setattr(lm_loss, "_chunk_logits", spy)
     language_model_loss(model, model.base_model, ids, chunk=16).backward()
     # 2 x 32 shifted rows, at most 16 at a time
     assert widest and max(widest) <= 16 and sum(widest) == 64
