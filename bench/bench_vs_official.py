@@ -37,7 +37,9 @@ T_rl = 3·K·batch = 3840 tokens in 64 sequences of 60, T_txt = 2048 tokens in 2
 of 1024. Frozen backbone + LoRA: forward 2·N·T + backward through the activations 2·N·T, so
   λ>0: 4·N·T_rl + 12·L·d·60²·64 + 4·(N+H)·T_txt + 12·L·d·1024²·2
   λ=0: 4·N·T_rl + 12·L·d·60²·64
-(attention 4·L·d·T² forward per sequence, backward twice that). The official λ0 step also
+(attention 4·L·d·T² forward per sequence, backward twice that). Both sides are credited the
+same task work: lamo_scale forwards 59 of the 60 tokens (the last action token predicts nothing),
+so its "of peak" slightly overstates its matmul rate. The official λ0 step also
 runs the text forward, 2·(N+H)·T_txt + 4·L·d·1024²·2, which is counted for it as work done.
 "Of peak" = FLOP / s / the best 2048² matmul rate of the same dtype measured in this run.
 Ratios are against the official fp32 co-training step (λ 0.1) for λ 0.1 contenders and against
