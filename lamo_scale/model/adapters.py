@@ -9,7 +9,6 @@ from peft import get_peft_model
 from transformers import PreTrainedModel
 
 from lamo_scale.config import ModelConfig
-from lamo_scale.model.lora_update import fuse_lora_updates
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,6 @@ def apply_finetune_mode(lm: PreTrainedModel, cfg: ModelConfig, language_loss: bo
     for name, param in wrapped.named_parameters():
         if param.requires_grad:
             param.data = param.data.float()
-    fuse_lora_updates(wrapped)
     return wrapped
 
 

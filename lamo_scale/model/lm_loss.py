@@ -16,8 +16,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-from lamo_scale.model.params import is_whole_local
-
 CHUNK_TOKENS = 512
 IGNORE_INDEX = -100
 # On CPU one [512 x 768] @ [768 x 50,257] GEMM runs at ~60 % of the fp32 matmul peak; the same product
@@ -103,7 +101,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
 def _head_is_local(head: nn.Module) -> bool:
     """False where the head's weight is a shard (ZeRO-3 partitions it; only its forward gathers it)."""
     weight = getattr(head, "weight", None)
-    return isinstance(head, nn.Linear) and weight is not None and is_whole_local(weight)
+    return (isinstance(head, nn.Linear) and weight is not None and getattr(weight, "ds_id", None) is None
+            and type(weight) is nn.Parameter and weight.numel() > 0)
 
 
 def language_model_loss(causal_lm: nn.Module, transformer: nn.Module, text_ids: torch.Tensor,
