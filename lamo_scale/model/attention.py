@@ -24,7 +24,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from lamo_scale.model.dropout import dropout as cheap_dropout
+from lamo_scale.model.dropout import keep_mask
 
 NAME = "blocked_sdpa"
 QUERY_BLOCK = 128
@@ -39,27 +39,116 @@ def blocked_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torc
 
     ``query`` [B, H, Tq, D], ``key``/``value`` [B, H, Tk, D] (Tk ≥ Tq; the queries are the last Tq
     positions); ``attention_mask`` None (causal only) or [B or 1, 1, Tq, Tk], boolean (True =
-    attend) or additive float, already causal. Returns [B, H, Tq, D].
+    attend) or additive float, already causal. Returns [B, H, Tq, D] in the compute dtype (bf16
+    under bf16 autocast, else the inputs').
     """
-    tq, tk = query.shape[-2], key.shape[-2]
-    offset = tk - tq
-    fill = torch.finfo(torch.float32).min  # not -inf: a fully padded row must not become NaN
-    outputs = []
-    for start in range(0, tq, block):
-        end = min(tq, start + block)
+    return _BlockedCausalAttention.apply(query, key, value, attention_mask, dropout, scaling, block)
+
+
+class _BlockedCausalAttention(torch.autograd.Function):
+    """The blocked attention with a hand-written backward.
+
+    Through autograd, every per-block slice of the queries, keys and values came back in the
+    backward pass as a zero-filled tensor of the whole ``[B, H, T, D]`` size, added up one by one
+    (at T = 1,024, 8 blocks: 24 zero-fills and ~21 full-size adds per layer). Here each block's
+    gradients are written or accumulated into the rows of one buffer per input. Per block, the
+    forward keeps the fp32 probabilities and the 1-byte dropout mask (autograd kept those and the
+    dropped probabilities); the backward is autograd's own arithmetic in the same order and
+    dtypes: matmul, dropout, softmax and scale backward.
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, value, attention_mask, dropout, scaling, block):
+        device = query.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
+        with torch.autocast(device, enabled=False):
+            q, k, v = query.to(dtype), key.to(dtype), value.to(dtype)
+            tq, tk = q.shape[-2], k.shape[-2]
+            offset = tk - tq
+            fill = torch.finfo(torch.float32).min  # not -inf: a fully padded row must not become NaN
+            out = q.new_empty(*q.shape[:-1], v.shape[-1])
+            saved = []
+            for start in range(0, tq, block):
+                end = min(tq, start + block)
+                visible = end + offset
+                scores = torch.matmul(q[..., start:end, :], k[..., :visible, :].transpose(-1, -2))
+                scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * scaling
+                if attention_mask is None:
+                    rows = torch.arange(start + offset, end + offset, device=q.device)[:, None]
+                    scores = scores.masked_fill(rows < torch.arange(visible, device=q.device), fill)
+                else:
+                    mask = attention_mask[..., start:end, :visible]
+                    scores = scores.masked_fill(~mask, fill) if mask.dtype == torch.bool else scores + mask.to(scores.dtype)
+                probs = torch.softmax(scores, dim=-1)
+                keep = keep_mask(probs.shape, dropout, q.device) if dropout > 0 else None
+                torch.matmul(_dropped(probs, keep, dropout, dtype), v[..., :visible, :], out=out[..., start:end, :])
+                saved += [probs] if keep is None else [probs, keep]
+        ctx.save_for_backward(q, k, v, *saved)
+        ctx.mask, ctx.dropout, ctx.scaling, ctx.block = attention_mask, dropout, scaling, block
+        ctx.in_dtypes = (query.dtype, key.dtype, value.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, *saved = ctx.saved_tensors
+        saved = iter(saved)
+        dropout, block, mask_all = ctx.dropout, ctx.block, ctx.mask
+        dtype = q.dtype
+        with torch.autocast(q.device.type, enabled=False):
+            grad_out = grad_out.to(dtype)
+            tq, tk = q.shape[-2], k.shape[-2]
+            offset = tk - tq
+            dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+            for start in range(0, tq, block):
+                end = min(tq, start + block)
+                visible = end + offset
+                probs = next(saved)
+                keep = next(saved) if dropout > 0 else None
+                d_out = grad_out[..., start:end, :]
+                dv[..., :visible, :] += torch.matmul(_dropped(probs, keep, dropout, dtype).transpose(-1, -2), d_out)
+                d_probs = torch.matmul(d_out, v[..., :visible, :].transpose(-1, -2))
+                if keep is not None:  # dropout backward, as lamo_scale/model/dropout.py's
+                    d_probs = d_probs.mul(keep).mul_(1.0 / (1.0 - dropout))
+                d_probs = d_probs.to(probs.dtype)
+                d_scores = torch._softmax_backward_data(d_probs, probs, -1, probs.dtype)
+                if mask_all is not None and mask_all.dtype == torch.bool:
+                    d_scores = d_scores.masked_fill(~mask_all[..., start:end, :visible], 0)
+                d_scores = (d_scores * ctx.scaling).to(dtype)
+                torch.matmul(d_scores, k[..., :visible, :], out=dq[..., start:end, :])
+                dk[..., :visible, :] += torch.matmul(d_scores.transpose(-1, -2), q[..., start:end, :])
+        dtypes = ctx.in_dtypes
+        return dq.to(dtypes[0]), dk.to(dtypes[1]), dv.to(dtypes[2]), None, None, None, None
+
+
+def blocked_causal_attention_reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                       attention_mask: torch.Tensor | None, dropout: float, scaling: float,
+                                       block: int = QUERY_BLOCK) -> torch.Tensor:
+    """:func:`blocked_causal_attention` left to autograd, drawing the same dropout masks in the same
+    order: the reference its hand-written backward is tested (tests/test_attention.py) and
+    benchmarked (bench/bench_attention_backward.py) against. Not used in training."""
+    offset, outputs = key.shape[-2] - query.shape[-2], []
+    fill = torch.finfo(torch.float32).min
+    for start in range(0, query.shape[-2], block):
+        end = min(query.shape[-2], start + block)
         visible = end + offset
-        scores = torch.matmul(query[..., start:end, :], key[..., :visible, :].transpose(-1, -2))
+        scores = query[..., start:end, :] @ key[..., :visible, :].transpose(-1, -2)
         scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * scaling
         if attention_mask is None:
             rows = torch.arange(start + offset, end + offset, device=query.device)[:, None]
-            scores = scores.masked_fill(rows < torch.arange(visible, device=query.device), fill)
+            seen = rows >= torch.arange(visible, device=query.device)
         else:
-            mask = attention_mask[..., start:end, :visible]
-            scores = scores.masked_fill(~mask, fill) if mask.dtype == torch.bool else scores + mask.to(scores.dtype)
-        probs = torch.softmax(scores, dim=-1).to(value.dtype)
-        probs = cheap_dropout(probs, dropout)
-        outputs.append(torch.matmul(probs, value[..., :visible, :]))
+            seen = attention_mask[..., start:end, :visible]
+        scores = scores.masked_fill(~seen, fill) if seen.dtype == torch.bool else scores + seen.to(scores.dtype)
+        probs = torch.softmax(scores, dim=-1)
+        keep = keep_mask(probs.shape, dropout, query.device) if dropout > 0 else None
+        outputs.append(_dropped(probs, keep, dropout, value.dtype) @ value[..., :visible, :])
     return torch.cat(outputs, dim=-2)
+
+
+def _dropped(probs: torch.Tensor, keep: torch.Tensor | None, p: float, dtype: torch.dtype) -> torch.Tensor:
+    """The probabilities as the value matmul takes them: in ``dtype``, dropout applied."""
+    probs = probs.to(dtype)
+    return probs if keep is None else probs.mul(keep).mul_(1.0 / (1.0 - p))
 
 
 def blocked_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,

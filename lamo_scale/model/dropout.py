@@ -17,12 +17,18 @@ from torch import nn
 from lamo_scale.model.swap import replace_modules
 
 
+def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
+    """A boolean mask keeping each element with probability ``1 - p``: ``u >= p``, ``u`` a float32
+    uniform draw whatever the data's dtype (the one mask rule of this module)."""
+    return torch.rand(shape, device=device) >= p
+
+
 class _ThresholdDropout(torch.autograd.Function):
     """``x * (u >= p) / (1 - p)`` with ``u`` uniform; the backward multiplies by the same mask."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        keep = torch.rand(x.shape, device=x.device) >= p  # float32 draws whatever x's dtype
+        keep = keep_mask(x.shape, p, x.device)
         scale = 1.0 / (1.0 - p)
         ctx.save_for_backward(keep)
         ctx.scale = scale
