@@ -24,7 +24,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from lamo_scale.model.dropout import keep_mask
+from lamo_scale.model.dropout import apply_keep, keep_mask
 
 NAME = "blocked_sdpa"
 QUERY_BLOCK = 128
@@ -65,21 +65,12 @@ class _BlockedCausalAttention(torch.autograd.Function):
             q, k, v = query.to(dtype), key.to(dtype), value.to(dtype)
             tq, tk = q.shape[-2], k.shape[-2]
             offset = tk - tq
-            fill = torch.finfo(torch.float32).min  # not -inf: a fully padded row must not become NaN
             out = q.new_empty(*q.shape[:-1], v.shape[-1])
             saved = []
             for start in range(0, tq, block):
                 end = min(tq, start + block)
                 visible = end + offset
-                scores = torch.matmul(q[..., start:end, :], k[..., :visible, :].transpose(-1, -2))
-                scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * scaling
-                if attention_mask is None:
-                    rows = torch.arange(start + offset, end + offset, device=q.device)[:, None]
-                    scores = scores.masked_fill(rows < torch.arange(visible, device=q.device), fill)
-                else:
-                    mask = attention_mask[..., start:end, :visible]
-                    scores = scores.masked_fill(~mask, fill) if mask.dtype == torch.bool else scores + mask.to(scores.dtype)
-                probs = torch.softmax(scores, dim=-1)
+                probs = _block_probs(q, k, attention_mask, start, end, offset, scaling)
                 keep = keep_mask(probs.shape, dropout, q.device) if dropout > 0 else None
                 torch.matmul(_dropped(probs, keep, dropout, dtype), v[..., :visible, :], out=out[..., start:end, :])
                 saved += [probs] if keep is None else [probs, keep]
@@ -107,8 +98,8 @@ class _BlockedCausalAttention(torch.autograd.Function):
                 d_out = grad_out[..., start:end, :]
                 dv[..., :visible, :] += torch.matmul(_dropped(probs, keep, dropout, dtype).transpose(-1, -2), d_out)
                 d_probs = torch.matmul(d_out, v[..., :visible, :].transpose(-1, -2))
-                if keep is not None:  # dropout backward, as lamo_scale/model/dropout.py's
-                    d_probs = d_probs.mul(keep).mul_(1.0 / (1.0 - dropout))
+                if keep is not None:
+                    d_probs = apply_keep(d_probs, keep, dropout)
                 d_probs = d_probs.to(probs.dtype)
                 d_scores = torch._softmax_backward_data(d_probs, probs, -1, probs.dtype)
                 if mask_all is not None and mask_all.dtype == torch.bool:
@@ -127,28 +118,35 @@ def blocked_causal_attention_reference(query: torch.Tensor, key: torch.Tensor, v
     order: the reference its hand-written backward is tested (tests/test_attention.py) and
     benchmarked (bench/bench_attention_backward.py) against. Not used in training."""
     offset, outputs = key.shape[-2] - query.shape[-2], []
-    fill = torch.finfo(torch.float32).min
     for start in range(0, query.shape[-2], block):
         end = min(query.shape[-2], start + block)
         visible = end + offset
-        scores = query[..., start:end, :] @ key[..., :visible, :].transpose(-1, -2)
-        scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * scaling
-        if attention_mask is None:
-            rows = torch.arange(start + offset, end + offset, device=query.device)[:, None]
-            seen = rows >= torch.arange(visible, device=query.device)
-        else:
-            seen = attention_mask[..., start:end, :visible]
-        scores = scores.masked_fill(~seen, fill) if seen.dtype == torch.bool else scores + seen.to(scores.dtype)
-        probs = torch.softmax(scores, dim=-1)
+        probs = _block_probs(query, key, attention_mask, start, end, offset, scaling)
         keep = keep_mask(probs.shape, dropout, query.device) if dropout > 0 else None
         outputs.append(_dropped(probs, keep, dropout, value.dtype) @ value[..., :visible, :])
     return torch.cat(outputs, dim=-2)
 
 
+def _block_probs(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
+                 start: int, end: int, offset: int, scaling: float) -> torch.Tensor:
+    """Softmax probabilities (fp32 or wider) of queries ``start:end`` over the keys they can see."""
+    visible = end + offset
+    scores = torch.matmul(query[..., start:end, :], key[..., :visible, :].transpose(-1, -2))
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * scaling
+    fill = torch.finfo(torch.float32).min  # not -inf: a fully padded row must not become NaN
+    if attention_mask is None:
+        rows = torch.arange(start + offset, end + offset, device=query.device)[:, None]
+        scores = scores.masked_fill(rows < torch.arange(visible, device=query.device), fill)
+    else:
+        mask = attention_mask[..., start:end, :visible]
+        scores = scores.masked_fill(~mask, fill) if mask.dtype == torch.bool else scores + mask.to(scores.dtype)
+    return torch.softmax(scores, dim=-1)
+
+
 def _dropped(probs: torch.Tensor, keep: torch.Tensor | None, p: float, dtype: torch.dtype) -> torch.Tensor:
     """The probabilities as the value matmul takes them: in ``dtype``, dropout applied."""
     probs = probs.to(dtype)
-    return probs if keep is None else probs.mul(keep).mul_(1.0 / (1.0 - p))
+    return probs if keep is None else apply_keep(probs, keep, p)
 
 
 def blocked_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,

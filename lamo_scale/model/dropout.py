@@ -23,21 +23,26 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor
     return torch.rand(shape, device=device) >= p
 
 
+def apply_keep(x: torch.Tensor, keep: torch.Tensor, p: float) -> torch.Tensor:
+    """``x`` with the dropped elements zeroed and the kept ones scaled by ``1 / (1 - p)`` (also
+    the backward of dropout, applied to the incoming gradient)."""
+    return x.mul(keep).mul_(1.0 / (1.0 - p))
+
+
 class _ThresholdDropout(torch.autograd.Function):
     """``x * (u >= p) / (1 - p)`` with ``u`` uniform; the backward multiplies by the same mask."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
         keep = keep_mask(x.shape, p, x.device)
-        scale = 1.0 / (1.0 - p)
         ctx.save_for_backward(keep)
-        ctx.scale = scale
-        return x.mul(keep).mul_(scale)
+        ctx.p = p
+        return apply_keep(x, keep, p)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (keep,) = ctx.saved_tensors
-        return grad.mul(keep).mul_(ctx.scale), None
+        return apply_keep(grad, keep, ctx.p), None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:

@@ -57,10 +57,6 @@ class Segment:
         """This segment's ``[batch, heads, length, dim]`` view of packed ``[1, heads, rows, dim]`` states."""
         return states[0, :, self.start:self.end].unflatten(1, (self.batch, self.length)).transpose(0, 1)
 
-    def put(self, packed: torch.Tensor, part: torch.Tensor) -> None:
-        """Write ``part`` (``[batch, heads, length, dim]``) into this segment's rows of ``packed``."""
-        self.take(packed).copy_(part)
-
 
 class _SplitSegments(torch.autograd.Function):
     """Every segment's view of packed ``[1, heads, rows, dim]`` states, with one gradient buffer.
@@ -81,12 +77,13 @@ class _SplitSegments(torch.autograd.Function):
     def backward(ctx, *grads):
         covered = sum(seg.end - seg.start for seg in ctx.segments) == ctx.shape[2]
         like = next(g for g in grads if g is not None)
-        packed = like.new_empty(ctx.shape) if covered else like.new_zeros(ctx.shape)
+        if covered and all(g is not None for g in grads):
+            packed = like.new_empty(ctx.shape)  # every row is written below
+        else:
+            packed = like.new_zeros(ctx.shape)
         for seg, grad in zip(ctx.segments, grads):
-            if grad is None:
-                seg.take(packed).zero_()
-            else:
-                seg.put(packed, grad)
+            if grad is not None:
+                seg.take(packed).copy_(grad)
         return packed, None
 
 
